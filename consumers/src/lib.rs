@@ -1,0 +1,14 @@
+//! The keyflow workers.
+//!
+//! # Layout
+//!
+//! - [`workers`]: the four workers' topology (inputs, outputs, state topic).
+//! - [`preflight`]: checks a worker makes before it joins its group — its
+//!   input topics exist and co-partitioned inputs agree on partition count.
+//!
+//! The runtime (ordering, effectively-once, state, DLQ, metrics) is being
+//! built next (issue #5); until then `worker <name>` runs the preflight and
+//! stops.
+
+pub mod preflight;
+pub mod workers;

@@ -1,0 +1,278 @@
+//! `devstack`: the pipeline on a laptop with no Docker — an embedded Kafka-API
+//! broker (Tansu), the project's schema registry, topics and schemas — plus
+//! setup and inspection commands that work against any cluster.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use keyflow_infra::stack::{self, Stack, StackOptions};
+use keyflow_infra::{inspect, kafka, smoke};
+use keyflow_schemas::client::{KafkaArgs, RegistryArgs};
+use keyflow_schemas::logging::{self, LogFormat};
+use keyflow_schemas::Codec;
+
+#[derive(Debug, Parser)]
+#[command(version, about = "The keyflow pipeline's dev stack and inspection tools")]
+struct Cli {
+    /// Log format (logs go to stderr).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, clap::Args)]
+struct UpArgs {
+    /// Directory for the broker's database and the registry's log (kept across restarts).
+    #[arg(long, env = "DEVSTACK_DATA_DIR", default_value = ".devstack")]
+    data_dir: PathBuf,
+    /// Kafka port on localhost.
+    #[arg(long, default_value_t = 9092)]
+    broker_port: u16,
+    /// Schema registry port on localhost.
+    #[arg(long, default_value_t = 8081)]
+    registry_port: u16,
+    /// Partition count of the co-partitioned topics.
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(i32).range(1..=1000))]
+    partitions: i32,
+    /// Fail instead of building the Tansu broker when it is not installed.
+    #[arg(long)]
+    no_install: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Start the embedded broker and registry, create topics, register schemas; Ctrl-C stops.
+    Up(UpArgs),
+    /// One command to see it work: start a fresh stack, produce and read back
+    /// one Avro event of every type, print what happened, stop.
+    Demo {
+        /// Keep the stack's data in this directory (default: a fresh temporary one).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Fail instead of building the Tansu broker when it is not installed.
+        #[arg(long)]
+        no_install: bool,
+        /// Also write the report as JSON to this file.
+        #[arg(long)]
+        summary_json: Option<PathBuf>,
+    },
+    /// Install the embedded broker (Tansu) into ~/.cache/keyflow/tools if missing; print its path.
+    Install,
+    /// Create the topics and register the schemas on any cluster and registry.
+    Init {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        #[command(flatten)]
+        registry: RegistryArgs,
+        /// Partition count of the co-partitioned topics.
+        #[arg(long, default_value_t = 6)]
+        partitions: i32,
+        /// Replication factor (3 on a production cluster).
+        #[arg(long, default_value_t = 1)]
+        replication_factor: i32,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Produce one Avro event of every type and read each back.
+    Smoke {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        #[command(flatten)]
+        registry: RegistryArgs,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List topics with their partition counts.
+    Topics {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print records of a topic from the beginning, decoded through the registry.
+    Peek {
+        /// Topic to read.
+        topic: String,
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        #[command(flatten)]
+        registry: RegistryArgs,
+        /// Stop after this many records.
+        #[arg(short = 'n', long, default_value_t = 10)]
+        count: usize,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+async fn wait_for_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler succeeds on Unix");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn print_stack(stack: &Stack) {
+    let created = stack.report.topics.iter().filter(|t| t.status == "created").count();
+    println!("devstack ready: broker={} registry={}", stack.kafka.brokers, stack.registry.registry);
+    println!(
+        "  topics: {} ({} created now), schemas: {} subjects, data: {}",
+        stack.report.topics.len(),
+        created,
+        stack.report.subjects.len(),
+        stack.data_dir.display()
+    );
+    println!("  inspect: devstack topics -b {}", stack.kafka.brokers);
+    println!("           devstack peek orders -b {} --registry {}", stack.kafka.brokers, stack.registry.registry);
+    println!("           curl {}/subjects", stack.registry.registry);
+    println!("  broker log: {}", stack.broker_log().display());
+}
+
+async fn run(cmd: Cmd) -> anyhow::Result<()> {
+    match cmd {
+        Cmd::Up(a) => {
+            let opts = StackOptions {
+                data_dir: a.data_dir,
+                broker_port: a.broker_port,
+                registry_port: a.registry_port,
+                partitions: a.partitions,
+                install: !a.no_install,
+            };
+            let stack = Stack::up(&opts).await?;
+            print_stack(&stack);
+            println!("  Ctrl-C stops the stack; data stays in {}", opts.data_dir.display());
+            wait_for_signal().await;
+            eprintln!("devstack: stopping");
+            stack.down().await;
+        }
+        Cmd::Demo { data_dir, no_install, summary_json } => {
+            let tmp;
+            let dir = match data_dir {
+                Some(d) => d,
+                None => {
+                    tmp = tempdir()?;
+                    tmp.clone()
+                }
+            };
+            let opts = StackOptions {
+                data_dir: dir.clone(),
+                broker_port: free_port()?,
+                registry_port: free_port()?,
+                partitions: 6,
+                install: !no_install,
+            };
+            eprintln!("devstack demo: starting the embedded broker and schema registry…");
+            let stack = Stack::up(&opts).await?;
+            print_stack(&stack);
+            println!("\nProducing one Avro event of every type and reading each back:\n");
+            let result = smoke::run(&stack.kafka, &stack.registry).await;
+            stack.down().await;
+            let report = result?;
+            print!("{}", report.table());
+            println!(
+                "\n{} events, {} read back identical, in {} ms.",
+                report.events.len(),
+                report.events.iter().filter(|e| e.read_back).count(),
+                report.elapsed_ms
+            );
+            if let Some(path) = summary_json {
+                std::fs::write(&path, serde_json::to_string_pretty(&report)?)
+                    .map_err(|e| anyhow::anyhow!("--summary-json {}: {e}", path.display()))?;
+            }
+            if data_dir_is_temp(&dir) {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+            anyhow::ensure!(report.ok, "some events did not read back identical");
+            println!("Next: `devstack up` keeps a stack running on localhost:9092 / http://localhost:8081.");
+        }
+        Cmd::Install => {
+            let path = keyflow_infra::broker::locate_or_install(true).await?;
+            println!("{}", path.display());
+        }
+        Cmd::Init { kafka, registry, partitions, replication_factor, json } => {
+            let report = stack::init(&kafka, &registry, Some(partitions), Some(replication_factor)).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                for t in &report.topics {
+                    println!("topic   {:<28} {:>3} partitions  {}", t.name, t.partitions, t.status);
+                }
+                for s in &report.subjects {
+                    println!("subject {:<60} id {}", s.subject, s.id);
+                }
+            }
+        }
+        Cmd::Smoke { kafka, registry, json } => {
+            let report = smoke::run(&kafka, &registry).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.table());
+            }
+            anyhow::ensure!(report.ok, "some events did not read back identical");
+        }
+        Cmd::Topics { kafka, json } => {
+            let topics = kafka::list_topics(&kafka, Duration::from_secs(15))?;
+            if json {
+                let list: Vec<_> =
+                    topics.iter().map(|(n, p)| serde_json::json!({"name": n, "partitions": p})).collect();
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                for (n, p) in &topics {
+                    println!("{n:<32} {p:>3} partitions");
+                }
+            }
+        }
+        Cmd::Peek { topic, kafka, registry, count, json } => {
+            let codec = Codec::new(&registry.config().map_err(anyhow::Error::msg)?)?;
+            for r in inspect::peek(&kafka, &codec, &topic, count).await? {
+                if json {
+                    println!("{r}");
+                } else {
+                    println!(
+                        "{}[{}]@{} key={} {}",
+                        r["topic"].as_str().unwrap_or(""),
+                        r["partition"],
+                        r["offset"],
+                        r["key"].as_str().unwrap_or("∅"),
+                        r.get("value").map(|v| v.to_string()).unwrap_or_else(|| format!("ERROR {}", r["error"]))
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn tempdir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("keyflow-demo-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+fn data_dir_is_temp(dir: &std::path::Path) -> bool {
+    dir.starts_with(std::env::temp_dir())
+        && dir.file_name().is_some_and(|n| n.to_string_lossy().starts_with("keyflow-demo-"))
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    logging::init(cli.log_format);
+    if let Err(e) = run(cli.cmd).await {
+        eprintln!("devstack: error: {e:#}");
+        std::process::exit(1);
+    }
+}

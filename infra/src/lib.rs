@@ -1,0 +1,19 @@
+//! The keyflow dev stack and operations tooling.
+//!
+//! # Layout
+//!
+//! - [`registry`]: a Confluent-compatible schema registry with a durable log
+//!   (binary `schema-registry`, also embedded in `devstack`).
+//! - [`broker`]: the embedded Kafka-API broker (Tansu on SQLite) as a child
+//!   process, installed on first use.
+//! - [`kafka`]: topic creation and listing on any cluster.
+//! - [`stack`]: `devstack up` / `devstack init`.
+//! - [`smoke`]: produce and read back one event of every type.
+//! - [`inspect`]: list topics and print decoded records.
+
+pub mod broker;
+pub mod inspect;
+pub mod kafka;
+pub mod registry;
+pub mod smoke;
+pub mod stack;

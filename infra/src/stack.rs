@@ -1,0 +1,126 @@
+//! `devstack up`: the embedded broker and registry, topics and schemas.
+//!
+//! [`init`] (topics + schemas) works against any cluster; [`Stack::up`] runs
+//! the embedded pieces and then calls it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use keyflow_schemas::client::{KafkaArgs, RegistryArgs};
+use keyflow_schemas::registry_admin::{Registered, RegistryAdmin};
+use keyflow_schemas::topics;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::broker::{self, Broker};
+use crate::kafka::{self, TopicOutcome};
+use crate::registry;
+
+/// Options of `devstack up`.
+#[derive(Debug, Clone)]
+pub struct StackOptions {
+    /// Keeps the broker's database and the registry's log across restarts.
+    pub data_dir: PathBuf,
+    pub broker_port: u16,
+    pub registry_port: u16,
+    /// Partition count of the co-partitioned topics.
+    pub partitions: i32,
+    /// Install Tansu when it is missing.
+    pub install: bool,
+}
+
+/// What `init` did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct InitReport {
+    pub topics: Vec<TopicOutcome>,
+    pub subjects: Vec<Registered>,
+}
+
+/// Creates the catalog's topics and registers every schema (BACKWARD policy).
+pub async fn init(
+    kafka: &KafkaArgs,
+    registry: &RegistryArgs,
+    partitions: Option<i32>,
+    replication_factor: Option<i32>,
+) -> anyhow::Result<InitReport> {
+    let specs = topics::catalog().specs(partitions);
+    let topics = kafka::create_topics(kafka, &specs, replication_factor).await?;
+    let admin = RegistryAdmin::new(registry.config().map_err(anyhow::Error::msg)?)?;
+    admin.wait_ready(Duration::from_secs(30)).await?;
+    let subjects = admin.register_all(|t| t.to_string()).await?;
+    Ok(InitReport { topics, subjects })
+}
+
+/// The running embedded stack.
+pub struct Stack {
+    broker: Broker,
+    registry_stop: oneshot::Sender<()>,
+    registry_task: JoinHandle<std::io::Result<()>>,
+    pub kafka: KafkaArgs,
+    pub registry: RegistryArgs,
+    pub report: InitReport,
+    pub data_dir: PathBuf,
+}
+
+/// Starts the schema registry on `127.0.0.1:<port>` with its log in `dir`.
+pub async fn start_registry(
+    dir: &std::path::Path,
+    port: u16,
+) -> anyhow::Result<(String, oneshot::Sender<()>, JoinHandle<std::io::Result<()>>)> {
+    broker::ensure_port_free("127.0.0.1", port, "the schema registry port", "--registry-port")?;
+    let store = registry::store::Store::open(dir)?;
+    if store.torn_bytes > 0 {
+        tracing::warn!(path = %store.path().display(), bytes = store.torn_bytes, "cut a torn last line off the schema log");
+    }
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let (tx, rx) = oneshot::channel();
+    let task = tokio::spawn(registry::serve(listener, store, async {
+        let _ = rx.await;
+    }));
+    Ok((url, tx, task))
+}
+
+impl Stack {
+    /// Starts broker and registry, then creates topics and registers schemas.
+    pub async fn up(opts: &StackOptions) -> anyhow::Result<Stack> {
+        let bin = broker::locate_or_install(opts.install).await?;
+        let broker = Broker::start(&bin, &opts.data_dir.join("broker"), opts.broker_port).await?;
+        let (url, registry_stop, registry_task) =
+            match start_registry(&opts.data_dir.join("registry"), opts.registry_port).await {
+                Ok(r) => r,
+                Err(e) => {
+                    broker.stop().await;
+                    return Err(e);
+                }
+            };
+        let kafka = KafkaArgs { brokers: broker.bootstrap.clone(), props: vec![] };
+        let registry = RegistryArgs { registry: url, registry_auth: None };
+        let report = match init(&kafka, &registry, Some(opts.partitions), None).await {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = registry_stop.send(());
+                broker.stop().await;
+                return Err(e);
+            }
+        };
+        Ok(Stack { broker, registry_stop, registry_task, kafka, registry, report, data_dir: opts.data_dir.clone() })
+    }
+
+    /// The broker's port on localhost.
+    pub fn broker_port(&self) -> u16 {
+        self.broker.port
+    }
+
+    /// The broker's log file.
+    pub fn broker_log(&self) -> &std::path::Path {
+        &self.broker.log
+    }
+
+    /// Stops the registry and the broker.
+    pub async fn down(self) {
+        let _ = self.registry_stop.send(());
+        let _ = self.registry_task.await;
+        self.broker.stop().await;
+    }
+}

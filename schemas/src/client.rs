@@ -1,0 +1,167 @@
+//! Client settings shared by every binary, following Kafka conventions:
+//! `-b/--brokers` (`KAFKA_BROKERS`), `-X key=value` librdkafka pass-through
+//! (as kcat does), `--registry` (`SCHEMA_REGISTRY_URL`) and registry basic
+//! auth (`SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO`, `user:password`).
+//!
+//! Precedence: flags, then environment variables, then defaults; `-X`
+//! settings override the defaults this module sets. SASL/SSL are plain
+//! librdkafka settings (`-X security.protocol=SASL_SSL -X sasl.mechanism=…`);
+//! secrets are never logged ([`KafkaArgs::redacted`]).
+
+use std::time::Duration;
+
+use crate::codec::RegistryConfig;
+
+/// Largest record our clients will produce or accept. The embedded broker
+/// accepts larger records and then stalls the partition silently (fetches
+/// are capped at 5 MiB), so this stays well below that.
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// The partitioner of every producer in the project (matches the Java client).
+pub const PARTITIONER: &str = "murmur2_random";
+
+/// Kafka connection flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct KafkaArgs {
+    /// Bootstrap brokers, comma-separated.
+    #[arg(short = 'b', long = "brokers", env = "KAFKA_BROKERS", default_value = "localhost:9092")]
+    pub brokers: String,
+
+    /// librdkafka setting `key=value`, repeatable (e.g. `-X security.protocol=SASL_SSL`).
+    #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = parse_kv)]
+    pub props: Vec<(String, String)>,
+}
+
+/// Schema registry flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RegistryArgs {
+    /// Schema registry URL.
+    #[arg(long = "registry", env = "SCHEMA_REGISTRY_URL", default_value = "http://localhost:8081")]
+    pub registry: String,
+
+    /// Registry basic auth as `user:password`.
+    #[arg(long = "registry-auth", env = "SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO", hide_env_values = true)]
+    pub registry_auth: Option<String>,
+}
+
+/// Parses one `-X key=value`.
+pub fn parse_kv(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!("-X expects key=value, got '{s}'")),
+    }
+}
+
+/// Keys whose values must never be printed.
+fn secret(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    ["password", "secret", "token", "key.pem", "sasl.jaas"].iter().any(|s| k.contains(s))
+}
+
+impl KafkaArgs {
+    /// Checks the settings this project cares about; the error names the setting.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.brokers.trim().is_empty() {
+            return Err("--brokers (KAFKA_BROKERS) is empty: give host:port[,host:port…]".into());
+        }
+        for b in self.brokers.split(',') {
+            let b = b.trim();
+            let port = b.rsplit_once(':').map(|(_, p)| p);
+            if port.and_then(|p| p.parse::<u16>().ok()).is_none() {
+                return Err(format!("--brokers (KAFKA_BROKERS): '{b}' is not host:port"));
+            }
+        }
+        for (k, v) in &self.props {
+            if k == "message.max.bytes" {
+                match v.parse::<usize>() {
+                    Ok(n) if n <= MAX_MESSAGE_BYTES => {}
+                    _ => {
+                        return Err(format!(
+                            "-X message.max.bytes={v}: must be a number ≤ {MAX_MESSAGE_BYTES} \
+                             (larger records stall partitions on the embedded broker)"
+                        ))
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// librdkafka settings: project defaults, then `-X` overrides.
+    pub fn settings(&self, defaults: &[(&str, &str)]) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = vec![
+            ("bootstrap.servers".into(), self.brokers.clone()),
+            ("message.max.bytes".into(), (1024 * 1024).to_string()),
+        ];
+        out.extend(defaults.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        for (k, v) in &self.props {
+            out.retain(|(ok, _)| ok != k);
+            out.push((k.clone(), v.clone()));
+        }
+        out
+    }
+
+    /// The `-X` settings with secrets masked, for logs.
+    pub fn redacted(&self) -> Vec<String> {
+        self.props.iter().map(|(k, v)| if secret(k) { format!("{k}=***") } else { format!("{k}={v}") }).collect()
+    }
+}
+
+impl RegistryArgs {
+    /// The registry configuration; the error names the setting.
+    pub fn config(&self) -> Result<RegistryConfig, String> {
+        let url = self.registry.trim();
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(format!("--registry (SCHEMA_REGISTRY_URL): '{url}' is not an http(s) URL"));
+        }
+        let mut cfg = RegistryConfig::new(url);
+        if let Some(auth) = &self.registry_auth {
+            let (u, p) = auth
+                .split_once(':')
+                .ok_or("--registry-auth (SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO): expected user:password".to_string())?;
+            cfg.basic_auth = Some((u.to_string(), p.to_string()));
+        }
+        cfg.timeout = Duration::from_secs(10);
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(brokers: &str, props: &[(&str, &str)]) -> KafkaArgs {
+        KafkaArgs {
+            brokers: brokers.into(),
+            props: props.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        }
+    }
+
+    #[test]
+    fn x_overrides_defaults_and_bad_values_name_the_setting() {
+        let a = args("localhost:9092", &[("acks", "1")]);
+        let s = a.settings(&[("acks", "all")]);
+        assert_eq!(s.iter().filter(|(k, _)| k == "acks").collect::<Vec<_>>(), vec![&("acks".into(), "1".into())]);
+        assert!(parse_kv("novalue").unwrap_err().contains("key=value"));
+        let e = args("localhost:9092", &[("message.max.bytes", "9000000")]).validate().unwrap_err();
+        assert!(e.contains("message.max.bytes"), "{e}");
+        let e = args("localhost", &[]).validate().unwrap_err();
+        assert!(e.contains("--brokers") && e.contains("host:port"), "{e}");
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        let a = args("h:1", &[("sasl.password", "hunter2"), ("sasl.username", "me")]);
+        assert_eq!(a.redacted(), vec!["sasl.password=***", "sasl.username=me"]);
+    }
+
+    #[test]
+    fn registry_url_and_auth_are_checked() {
+        let r = RegistryArgs { registry: "localhost:8081".into(), registry_auth: None };
+        assert!(r.config().unwrap_err().contains("SCHEMA_REGISTRY_URL"));
+        let r = RegistryArgs { registry: "http://r:8081/".into(), registry_auth: Some("u:p".into()) };
+        let c = r.config().unwrap();
+        assert_eq!(c.url, "http://r:8081");
+        assert_eq!(c.basic_auth, Some(("u".into(), "p".into())));
+    }
+}

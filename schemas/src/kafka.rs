@@ -1,0 +1,63 @@
+//! librdkafka clients built from the shared settings ([`crate::client`]),
+//! and topic metadata lookups on any Kafka-API cluster.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::client::{KafkaArgs, PARTITIONER};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+
+/// Why a Kafka admin call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaError {
+    #[error("invalid Kafka client setting: {0}")]
+    Config(String),
+    #[error("cannot reach the Kafka cluster at {brokers} within {timeout:?}: {message}")]
+    Unreachable { brokers: String, timeout: Duration, message: String },
+    #[error("creating topic {topic} failed: {message}")]
+    Create { topic: String, message: String },
+    #[error("topic {topic} does not exist on {brokers} (known topics: {known})")]
+    UnknownTopic { topic: String, brokers: String, known: String },
+}
+
+/// A librdkafka configuration from the shared flags plus `defaults`.
+pub fn client_config(kafka: &KafkaArgs, defaults: &[(&str, &str)]) -> Result<ClientConfig, KafkaError> {
+    kafka.validate().map_err(KafkaError::Config)?;
+    let mut cfg = ClientConfig::new();
+    for (k, v) in kafka.settings(defaults) {
+        cfg.set(k, v);
+    }
+    Ok(cfg)
+}
+
+/// Producer settings every project producer uses: idempotent, acks=all,
+/// the Java-compatible partitioner.
+pub const PRODUCER_DEFAULTS: &[(&str, &str)] =
+    &[("enable.idempotence", "true"), ("acks", "all"), ("partitioner", PARTITIONER), ("linger.ms", "5")];
+
+/// Topic name → partition count, as the cluster reports it.
+pub fn list_topics(kafka: &KafkaArgs, timeout: Duration) -> Result<BTreeMap<String, i32>, KafkaError> {
+    let consumer: BaseConsumer = client_config(kafka, &[])?.create().map_err(|e| KafkaError::Config(e.to_string()))?;
+    let md = consumer.fetch_metadata(None, timeout).map_err(|e| KafkaError::Unreachable {
+        brokers: kafka.brokers.clone(),
+        timeout,
+        message: e.to_string(),
+    })?;
+    Ok(md
+        .topics()
+        .iter()
+        .filter(|t| t.error().is_none())
+        .map(|t| (t.name().to_string(), t.partitions().len() as i32))
+        .collect())
+}
+
+/// Partition count of one topic; a clear error when it does not exist.
+pub fn partition_count(kafka: &KafkaArgs, topic: &str, timeout: Duration) -> Result<i32, KafkaError> {
+    let topics = list_topics(kafka, timeout)?;
+    topics.get(topic).copied().ok_or_else(|| KafkaError::UnknownTopic {
+        topic: topic.to_string(),
+        brokers: kafka.brokers.clone(),
+        known: topics.keys().cloned().collect::<Vec<_>>().join(", "),
+    })
+}

@@ -1,0 +1,57 @@
+//! Test harness: starts the real embedded stack (Tansu + registry) on random
+//! free ports in a temporary directory, finds the workspace's binaries, and
+//! runs them. Each test gets its own stack, so tests run in parallel.
+
+use std::path::PathBuf;
+use std::process::Output;
+
+use keyflow_infra::stack::{Stack, StackOptions};
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Options for a fresh stack on free ports in `dir`.
+pub fn options(dir: &std::path::Path, partitions: i32) -> StackOptions {
+    StackOptions {
+        data_dir: dir.to_path_buf(),
+        broker_port: free_port(),
+        registry_port: free_port(),
+        partitions,
+        install: false,
+    }
+}
+
+/// Starts a stack; panics with the reason when it cannot.
+pub async fn start(opts: &StackOptions) -> Stack {
+    match Stack::up(opts).await {
+        Ok(s) => s,
+        Err(e) => panic!("devstack up failed: {e:#}"),
+    }
+}
+
+/// Path of a workspace binary (built by `cargo test`/`nextest` alongside the tests).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let path = dir.join(name);
+    assert!(path.is_file(), "binary {} not built (run the tests with --workspace)", path.display());
+    path
+}
+
+/// Runs a workspace binary with args and returns its output.
+pub async fn run(name: &str, args: &[&str]) -> Output {
+    tokio::process::Command::new(bin(name))
+        .args(args)
+        .env_remove("KAFKA_BROKERS")
+        .env_remove("SCHEMA_REGISTRY_URL")
+        .output()
+        .await
+        .expect("binary runs")
+}
+
+/// stdout and stderr as text.
+pub fn text(o: &Output) -> (String, String) {
+    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+}
