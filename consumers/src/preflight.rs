@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use keyflow_schemas::client::KafkaArgs;
 use keyflow_schemas::kafka;
-use keyflow_schemas::topics::check_co_partitioned;
+use keyflow_schemas::topics::{check_co_partitioned, TopicNames};
 
 use crate::workers::WorkerKind;
 
@@ -19,8 +19,13 @@ pub enum PreflightError {
 
 /// Checks that the worker's co-partitioned topics exist and agree on their
 /// partition count; returns that count.
-pub fn check_topics(kafka_args: &KafkaArgs, worker: WorkerKind, timeout: Duration) -> Result<i32, PreflightError> {
-    let topics = worker.co_partitioned();
+pub fn check_topics(
+    kafka_args: &KafkaArgs,
+    names: &TopicNames,
+    worker: WorkerKind,
+    timeout: Duration,
+) -> Result<i32, PreflightError> {
+    let topics = worker.co_partitioned(names);
     let existing = kafka::list_topics(kafka_args, timeout)?;
     let mut counts = Vec::new();
     for t in &topics {

@@ -2,7 +2,7 @@
 //! catalog (`infra/topics.toml`).
 
 use keyflow_schemas::events::*;
-use keyflow_schemas::topics::state_topic;
+use keyflow_schemas::topics::{state_topic, TopicNames};
 
 /// One of the pipeline's workers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -49,9 +49,9 @@ impl WorkerKind {
     }
 
     /// Topics that must share one partition count: the inputs and the changelog.
-    pub fn co_partitioned(self) -> Vec<String> {
-        let mut t: Vec<String> = self.inputs().into_iter().map(str::to_string).collect();
-        t.push(state_topic(self.name()));
+    pub fn co_partitioned(self, names: &TopicNames) -> Vec<String> {
+        let mut t: Vec<String> = self.inputs().into_iter().map(|t| names.get(t)).collect();
+        t.push(names.get(&state_topic(self.name())));
         t
     }
 }

@@ -74,6 +74,22 @@ pub struct Internal {
     pub state_retention_ms: i64,
 }
 
+/// Per-run topic renames (`--topic orders=orders-v2`); every topic name a
+/// binary uses goes through [`TopicNames::get`].
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TopicNames {
+    /// Use another topic name: `DEFAULT=ACTUAL`, repeatable (e.g. `--topic orders=orders-eu`).
+    #[arg(long = "topic", value_name = "DEFAULT=ACTUAL", value_parser = crate::client::parse_kv)]
+    pub renames: Vec<(String, String)>,
+}
+
+impl TopicNames {
+    /// The actual name of a topic known by its default name.
+    pub fn get(&self, default: &str) -> String {
+        self.renames.iter().rev().find(|(d, _)| d == default).map_or_else(|| default.to_string(), |(_, a)| a.clone())
+    }
+}
+
 /// Name of a worker's dead-letter topic.
 pub fn dlq_topic(worker: &str) -> String {
     format!("{worker}.dlq")

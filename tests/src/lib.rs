@@ -36,7 +36,11 @@ pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
     let path = dir.join(name);
-    assert!(path.is_file(), "binary {} not built (run the tests with --workspace)", path.display());
+    assert!(
+        path.is_file(),
+        "binary {} not built: run `cargo build --workspace --bins` first (tests/run.sh does)",
+        path.display()
+    );
     path
 }
 

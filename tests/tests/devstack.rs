@@ -97,18 +97,20 @@ async fn restart_keeps_topics_records_committed_offsets_and_schema_ids() {
 async fn worker_refuses_to_start_when_co_partitioned_topics_differ() {
     let dir = tempfile::tempdir().unwrap();
     let stack = start(&options(dir.path(), 2)).await;
-    // A fulfillment join over `orders` (2 partitions) and a renamed payments topic is not
-    // possible via flags yet, so break the family: recreate nothing, but add partitions
-    // to `payments` so it no longer matches `orders`.
-    let admin: rdkafka::admin::AdminClient<_> =
-        keyflow_schemas::kafka::client_config(&stack.kafka, &[]).unwrap().create().unwrap();
-    let parts = [rdkafka::admin::NewPartitions::new("payments", 3)];
-    let res = admin.create_partitions(&parts, &rdkafka::admin::AdminOptions::new()).await.unwrap();
-    assert!(res[0].is_ok(), "{res:?}");
-    let out = run("worker", &["fulfillment", "-b", &stack.kafka.brokers]).await;
+    // Tansu has no CreatePartitions, so point the join at a payments topic with another count.
+    let spec = keyflow_schemas::topics::TopicSpec {
+        name: "payments-3".into(),
+        partitions: 3,
+        replication_factor: 1,
+        config: Default::default(),
+        family: None,
+        events: vec![],
+    };
+    keyflow_infra::kafka::create_topics(&stack.kafka, &[spec], None).await.unwrap();
+    let out = run("worker", &["fulfillment", "-b", &stack.kafka.brokers, "--topic", "payments=payments-3"]).await;
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("orders has 2") && stderr.contains("payments has 3"), "{stderr}");
+    assert!(stderr.contains("orders has 2") && stderr.contains("payments-3 has 3"), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "one clear line: {stderr}");
     stack.down().await;
 }

@@ -8,6 +8,7 @@ use keyflow_consumers::preflight;
 use keyflow_consumers::workers::WorkerKind;
 use keyflow_schemas::client::KafkaArgs;
 use keyflow_schemas::logging::{self, LogFormat};
+use keyflow_schemas::topics::TopicNames;
 
 /// Runs a keyflow worker (payment, fulfillment, loyalty, publication).
 #[derive(Debug, Parser)]
@@ -18,6 +19,8 @@ struct Args {
     worker: WorkerKind,
     #[command(flatten)]
     kafka: KafkaArgs,
+    #[command(flatten)]
+    topics: TopicNames,
     /// Log format (logs go to stderr).
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -27,7 +30,7 @@ fn main() {
     let args = Args::parse();
     logging::init(args.log_format);
     let name = args.worker.name();
-    match preflight::check_topics(&args.kafka, args.worker, Duration::from_secs(15)) {
+    match preflight::check_topics(&args.kafka, &args.topics, args.worker, Duration::from_secs(15)) {
         Ok(partitions) => {
             tracing::info!(worker = name, partitions, "topics checked");
             eprintln!("worker {name}: topics are co-partitioned ({partitions} partitions), but the worker runtime is not built yet (issue #5)");
