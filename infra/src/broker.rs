@@ -101,6 +101,24 @@ pub fn ensure_port_free(host: &str, port: u16, what: &'static str, flag: &'stati
     }
 }
 
+/// Adds the index Tansu's SQLite schema lacks: its fetch looks up each
+/// record's headers with `header.topition = ? and header.offset_id = ?`, and
+/// without an index that is a scan of every header ever written, so a fetch
+/// costs O(records × all headers). Measured (BROKER-NOTES.md): fetching 4,923
+/// records with headers took 19.6 s before and 0.5 s after. Idempotent.
+fn index_headers(db: &Path) -> Result<(), BrokerError> {
+    let err = |source: rusqlite::Error| BrokerError::Io {
+        what: "index broker database",
+        path: db.display().to_string(),
+        source: std::io::Error::other(source),
+    };
+    let conn = rusqlite::Connection::open(db).map_err(err)?;
+    conn.busy_timeout(Duration::from_secs(30)).map_err(err)?;
+    conn.execute_batch("create index if not exists keyflow_header_topition_offset on header (topition, offset_id);")
+        .map_err(err)?;
+    Ok(())
+}
+
 /// A running Tansu broker; stopped (SIGTERM, then SIGKILL) on [`Broker::stop`] or drop.
 pub struct Broker {
     child: Child,
@@ -156,6 +174,12 @@ impl Broker {
         let child = cmd.spawn().map_err(|source| BrokerError::Spawn { path: bin.display().to_string(), source })?;
         let mut broker = Broker { child, bootstrap: format!("localhost:{port}"), port, log };
         broker.wait_ready(port, Duration::from_secs(60)).await?;
+        let db = data_dir.join("tansu.db");
+        tokio::task::spawn_blocking(move || index_headers(&db)).await.map_err(|e| BrokerError::Io {
+            what: "index broker database",
+            path: String::new(),
+            source: std::io::Error::other(e),
+        })??;
         Ok(broker)
     }
 

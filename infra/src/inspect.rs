@@ -26,11 +26,8 @@ pub async fn peek(
 ) -> anyhow::Result<Vec<serde_json::Value>> {
     let timeout = Duration::from_secs(15);
     let partitions = partition_count(kafka, topic, timeout)?;
-    let consumer: BaseConsumer = client_config(
-        kafka,
-        &[("group.id", "keyflow-devstack-peek"), ("enable.auto.commit", "false"), ("enable.partition.eof", "true")],
-    )?
-    .create()?;
+    let consumer: BaseConsumer =
+        client_config(kafka, &[("group.id", "keyflow-devstack-peek"), ("enable.auto.commit", "false")])?.create()?;
     let mut tpl = TopicPartitionList::new();
     let mut remaining = HashMap::new();
     for p in 0..partitions {
@@ -69,9 +66,6 @@ pub async fn peek(
                         headers,
                         m.payload().map(<[u8]>::to_vec),
                     ));
-                }
-                Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
-                    remaining.remove(&p);
                 }
                 Some(Err(e)) => return Err(e.into()),
                 None => {}

@@ -246,3 +246,19 @@ pub fn avro_to_json(value: Value) -> serde_json::Value {
         other => J::String(format!("{other:?}")),
     }
 }
+
+impl Codec {
+    /// Encodes an event of any topic for `topic`.
+    pub async fn encode_any(&self, topic: &str, event: &crate::events::AnyEvent) -> Result<Vec<u8>, CodecError> {
+        use crate::events::AnyEvent::*;
+        match event {
+            Order(e) => self.encode(topic, e).await,
+            Payment(e) => self.encode(topic, e).await,
+            Fulfillment(e) => self.encode(topic, e).await,
+            Loyalty(e) => self.encode(topic, e).await,
+            Contract(e) => self.encode(topic, e).await,
+            Property(e) => self.encode(topic, e).await,
+            Evaluation(e) => self.encode(topic, e).await,
+        }
+    }
+}

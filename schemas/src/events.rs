@@ -283,6 +283,8 @@ pub trait TopicEvent: Serialize + Sized + Clone + std::fmt::Debug + Send + Sync 
     fn record_name(&self) -> &'static str;
     /// The event's envelope.
     fn metadata(&self) -> &EventMetadata;
+    /// Mutable envelope.
+    fn metadata_mut(&mut self) -> &mut EventMetadata;
     /// The partition key.
     fn key(&self) -> &str;
     /// The event as JSON (for people and scripts; Avro is the wire format).
@@ -309,6 +311,9 @@ macro_rules! topic_event {
             }
             fn metadata(&self) -> &EventMetadata {
                 match self { $(Self::$variant(e) => &e.metadata),* }
+            }
+            fn metadata_mut(&mut self) -> &mut EventMetadata {
+                match self { $(Self::$variant(e) => &mut e.metadata),* }
             }
             fn key(&self) -> &str {
                 match self { $(Self::$variant(e) => Record::key(e)),* }
@@ -362,5 +367,88 @@ mod tests {
         assert_ne!(a, derived_event_id("payment", "e1", "PaymentVoided"));
         assert_ne!(a, derived_event_id("loyalty", "e1", "PaymentAuthorized"));
         assert_eq!(uuid::Uuid::parse_str(&a).unwrap().get_version_num(), 5);
+    }
+}
+
+macro_rules! any_event {
+    ($($variant:ident($ty:ident)),* $(,)?) => {
+        /// An event of any topic (for generators, replay and inspection).
+        #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+        #[serde(untagged)]
+        pub enum AnyEvent { $($variant($ty)),* }
+
+        impl AnyEvent {
+            /// Default topic of the event.
+            pub fn default_topic(&self) -> &'static str {
+                match self { $(Self::$variant(_) => $ty::DEFAULT_TOPIC),* }
+            }
+            /// Short record name.
+            pub fn record_name(&self) -> &'static str {
+                match self { $(Self::$variant(e) => e.record_name()),* }
+            }
+            /// The envelope.
+            pub fn metadata(&self) -> &EventMetadata {
+                match self { $(Self::$variant(e) => e.metadata()),* }
+            }
+            /// Mutable envelope (generators re-stamp copies).
+            pub fn metadata_mut(&mut self) -> &mut EventMetadata {
+                match self { $(Self::$variant(e) => e.metadata_mut()),* }
+            }
+            /// Partition key.
+            pub fn key(&self) -> &str {
+                match self { $(Self::$variant(e) => e.key()),* }
+            }
+            /// The event as JSON.
+            pub fn to_json(&self) -> serde_json::Value {
+                match self { $(Self::$variant(e) => e.to_json()),* }
+            }
+        }
+
+        $(impl From<$ty> for AnyEvent {
+            fn from(e: $ty) -> Self { Self::$variant(e) }
+        })*
+    };
+}
+
+any_event!(
+    Order(OrderEvent),
+    Payment(PaymentEvent),
+    Fulfillment(FulfillmentEvent),
+    Loyalty(LoyaltyEvent),
+    Contract(ContractEvent),
+    Property(PropertyEvent),
+    Evaluation(EvaluationEvent),
+);
+
+impl AnyEvent {
+    /// Parses a JSON object of record `name` (the inner record's fields) into an event.
+    pub fn from_record_json(name: &str, value: serde_json::Value) -> Result<AnyEvent, String> {
+        fn parse<T: for<'de> Deserialize<'de>>(v: serde_json::Value) -> Result<T, String> {
+            serde_path_to_error::deserialize::<_, T>(v).map_err(|e| {
+                let path = e.path().to_string();
+                if path == "." {
+                    e.into_inner().to_string()
+                } else {
+                    format!("field `{path}`: {}", e.into_inner())
+                }
+            })
+        }
+        Ok(match name {
+            "OrderPlaced" => OrderEvent::from(parse::<OrderPlaced>(value)?).into(),
+            "OrderCancelled" => OrderEvent::from(parse::<OrderCancelled>(value)?).into(),
+            "PaymentAuthorized" => PaymentEvent::from(parse::<PaymentAuthorized>(value)?).into(),
+            "PaymentDeclined" => PaymentEvent::from(parse::<PaymentDeclined>(value)?).into(),
+            "PaymentVoided" => PaymentEvent::from(parse::<PaymentVoided>(value)?).into(),
+            "OrderFulfilled" => FulfillmentEvent::from(parse::<OrderFulfilled>(value)?).into(),
+            "FulfillmentCancelled" => FulfillmentEvent::from(parse::<FulfillmentCancelled>(value)?).into(),
+            "PointsAwarded" => LoyaltyEvent::from(parse::<PointsAwarded>(value)?).into(),
+            "PointsRevoked" => LoyaltyEvent::from(parse::<PointsRevoked>(value)?).into(),
+            "ContractStatusChanged" => ContractEvent::from(parse::<ContractStatusChanged>(value)?).into(),
+            "PublicationApprovalRequested" => PropertyEvent::from(parse::<PublicationApprovalRequested>(value)?).into(),
+            "PublicationEvaluationCompleted" => {
+                EvaluationEvent::from(parse::<PublicationEvaluationCompleted>(value)?).into()
+            }
+            other => return Err(format!("unknown event type '{other}'")),
+        })
     }
 }

@@ -5,11 +5,13 @@
 //! - [`contracts`]: the `.avsc` files (source of truth), composed into
 //!   self-contained schemas, and subject naming (TopicRecordNameStrategy).
 //! - [`events`]: Rust types of every record and one enum per topic.
+//! - [`defaults`]: default values of the domain settings.
 //! - [`topics`]: the topic catalog from `infra/topics.toml`.
 //! - [`client`]: Kafka and registry settings shared by every binary.
 //! - [`logging`]: tracing setup (text or JSON).
 //! - [`kafka`]: librdkafka clients from those settings, topic metadata.
 //! - [`codec`]: the Confluent wire-format codec through a schema registry.
+//! - [`metrics`]: every exported Prometheus metric name.
 //! - [`samples`]: one linked sample of every event.
 //! - [`registry_admin`]: registering contracts and setting the compatibility
 //!   policy (BACKWARD by default).
@@ -17,9 +19,11 @@
 pub mod client;
 pub mod codec;
 pub mod contracts;
+pub mod defaults;
 pub mod events;
 pub mod kafka;
 pub mod logging;
+pub mod metrics;
 pub mod registry_admin;
 pub mod samples;
 pub mod topics;

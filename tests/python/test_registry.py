@@ -13,7 +13,6 @@ import json
 import select
 import signal
 import socket
-import uuid
 from urllib.parse import urlparse
 
 import fastavro
@@ -393,7 +392,7 @@ def test_invalid_compatibility_level_is_42203(registry, path):
 # compatibility rules (Avro schema resolution)
 
 
-def evolution(registry, level, history, candidate, *, compatible, names=(), any_name=()):
+def evolution(registry, level, history, candidate, *, compatible):
     """Registers ``history`` (under NONE), sets the subject's ``level``, then
     asks (test_compatibility*) and tries to register ``candidate``."""
     c = registry.client()
@@ -412,12 +411,6 @@ def evolution(registry, level, history, candidate, *, compatible, names=(), any_
         assert registry.client().get_versions(subject) == list(range(1, len(history) + 2))
         return None
     e = sr_error(lambda: registry.client().register_schema(subject, avro(candidate)), 409, 409)
-    for n in names:
-        assert n in e.error_message, f"the 409 message should name {n!r}: {e.error_message!r}"
-    if any_name:
-        assert any(n in e.error_message for n in any_name), (
-            f"the 409 message should name one of {any_name}: {e.error_message!r}"
-        )
     assert registry.client().get_versions(subject) == list(range(1, len(history) + 1))
     return e
 
@@ -432,7 +425,7 @@ def test_backward_accepts_new_field_with_default(registry):
 
 def test_backward_rejects_new_field_without_default(registry):
     evolution(registry, "BACKWARD", [rec(fld("a", "string"))],
-              rec(fld("a", "string"), fld("loyalty_tier", "int")), compatible=False, names=["loyalty_tier"])
+              rec(fld("a", "string"), fld("loyalty_tier", "int")), compatible=False)
 
 
 def test_backward_accepts_removed_field(registry):
@@ -447,7 +440,7 @@ def test_forward_accepts_new_field_without_default(registry):
 
 def test_forward_rejects_removed_field_without_default(registry):
     evolution(registry, "FORWARD", [rec(fld("a", "string"), fld("legacy_code", "string"))],
-              rec(fld("a", "string")), compatible=False, names=["legacy_code"])
+              rec(fld("a", "string")), compatible=False)
 
 
 def test_forward_accepts_removed_field_that_had_a_default(registry):
@@ -462,7 +455,7 @@ def test_full_accepts_new_field_with_default(registry):
 
 def test_full_rejects_new_field_without_default(registry):
     evolution(registry, "FULL", [rec(fld("a", "string"))],
-              rec(fld("a", "string"), fld("loyalty_tier", "int")), compatible=False, names=["loyalty_tier"])
+              rec(fld("a", "string"), fld("loyalty_tier", "int")), compatible=False)
 
 
 def test_none_accepts_incompatible_type_change(registry):
@@ -471,7 +464,7 @@ def test_none_accepts_incompatible_type_change(registry):
 
 def test_backward_rejects_field_type_change_string_to_int(registry):
     evolution(registry, "BACKWARD", [rec(fld("amount", "string"))], rec(fld("amount", "int")),
-              compatible=False, names=["amount"])
+              compatible=False)
 
 
 def test_backward_accepts_int_promoted_to_long(registry):
@@ -480,7 +473,7 @@ def test_backward_accepts_int_promoted_to_long(registry):
 
 def test_backward_rejects_long_narrowed_to_int(registry):
     evolution(registry, "BACKWARD", [rec(fld("quantity", "long"))], rec(fld("quantity", "int")),
-              compatible=False, names=["quantity"])
+              compatible=False)
 
 
 # logical types
@@ -512,12 +505,12 @@ def test_backward_accepts_int_promoted_to_timestamp_millis(registry):
 
 def test_backward_rejects_timestamp_millis_changed_to_string(registry):
     evolution(registry, "BACKWARD", [rec(fld("occurred_at", TS_MILLIS))], rec(fld("occurred_at", "string")),
-              compatible=False, names=["occurred_at"])
+              compatible=False)
 
 
 def test_backward_rejects_timestamp_millis_narrowed_to_int(registry):
     evolution(registry, "BACKWARD", [rec(fld("occurred_at", TS_MILLIS))], rec(fld("occurred_at", "int")),
-              compatible=False, names=["occurred_at"])
+              compatible=False)
 
 
 def test_full_accepts_uuid_logical_type_on_a_string(registry):
@@ -526,7 +519,7 @@ def test_full_accepts_uuid_logical_type_on_a_string(registry):
 
 def test_backward_rejects_uuid_changed_to_long(registry):
     evolution(registry, "BACKWARD", [rec(fld("event_id", UUID))], rec(fld("event_id", "long")),
-              compatible=False, names=["event_id"])
+              compatible=False)
 
 
 def test_full_accepts_decimal_logical_type_on_bytes(registry):
@@ -540,7 +533,7 @@ def test_backward_accepts_new_decimal_field_with_default(registry):
 
 def test_backward_rejects_decimal_changed_to_long(registry):
     evolution(registry, "BACKWARD", [rec(fld("amount", DECIMAL))], rec(fld("amount", "long")),
-              compatible=False, names=["amount"])
+              compatible=False)
 
 
 # named types referenced by name
@@ -559,7 +552,7 @@ def test_named_type_referenced_by_name_in_the_same_schema_is_valid(registry):
 
 def test_backward_rejects_change_inside_a_named_type_used_twice(registry):
     evolution(registry, "BACKWARD", [rec(fld("billing", ADDRESS), fld("shipping", "t.Address"))],
-              rec(fld("billing", ADDRESS_ZONE), fld("shipping", "t.Address")), compatible=False, names=["zone"])
+              rec(fld("billing", ADDRESS_ZONE), fld("shipping", "t.Address")), compatible=False)
 
 
 def test_backward_accepts_change_inside_a_named_type_with_default(registry):
@@ -628,8 +621,7 @@ def test_backward_accepts_enum_symbol_added(registry):
 
 def test_backward_rejects_enum_symbol_removed_without_default(registry):
     evolution(registry, "BACKWARD", [rec(fld("tier", enum(["BRONZE", "SILVER", "PLATINUM"])))],
-              rec(fld("tier", enum(["BRONZE", "SILVER"]))), compatible=False,
-              any_name=["PLATINUM", "Tier", "tier"])
+              rec(fld("tier", enum(["BRONZE", "SILVER"]))), compatible=False)
 
 
 def test_backward_accepts_enum_symbol_removed_when_reader_has_default(registry):
@@ -639,8 +631,7 @@ def test_backward_accepts_enum_symbol_removed_when_reader_has_default(registry):
 
 def test_forward_rejects_enum_symbol_added_when_old_reader_has_no_default(registry):
     evolution(registry, "FORWARD", [rec(fld("tier", enum(["BRONZE", "SILVER"])))],
-              rec(fld("tier", enum(["BRONZE", "SILVER", "GOLD"]))), compatible=False,
-              any_name=["GOLD", "Tier", "tier"])
+              rec(fld("tier", enum(["BRONZE", "SILVER", "GOLD"]))), compatible=False)
 
 
 def test_forward_accepts_enum_symbol_added_when_old_reader_has_default(registry):
@@ -662,17 +653,17 @@ def test_backward_accepts_union_widened(registry):
 
 def test_backward_rejects_union_narrowed(registry):
     evolution(registry, "BACKWARD", [rec(fld("contact", ["null", "string", "long"], default=None))],
-              rec(fld("contact", ["null", "string"], default=None)), compatible=False, names=["contact"])
+              rec(fld("contact", ["null", "string"], default=None)), compatible=False)
 
 
 def test_forward_rejects_union_widened(registry):
     evolution(registry, "FORWARD", [rec(fld("contact", ["null", "string"], default=None))],
-              rec(fld("contact", ["null", "string", "long"], default=None)), compatible=False, names=["contact"])
+              rec(fld("contact", ["null", "string", "long"], default=None)), compatible=False)
 
 
 def test_full_rejects_union_widened(registry):
     evolution(registry, "FULL", [rec(fld("contact", ["null", "string"], default=None))],
-              rec(fld("contact", ["null", "string", "long"], default=None)), compatible=False, names=["contact"])
+              rec(fld("contact", ["null", "string", "long"], default=None)), compatible=False)
 
 
 def test_backward_accepts_plain_type_widened_to_a_union(registry):
@@ -682,7 +673,7 @@ def test_backward_accepts_plain_type_widened_to_a_union(registry):
 
 def test_backward_rejects_union_narrowed_to_a_plain_type(registry):
     evolution(registry, "BACKWARD", [rec(fld("contact", ["null", "string"], default=None))],
-              rec(fld("contact", "string")), compatible=False, names=["contact"])
+              rec(fld("contact", "string")), compatible=False)
 
 
 def test_backward_accepts_union_branch_promoted_int_to_long(registry):
@@ -703,7 +694,7 @@ def test_backward_checks_only_the_latest_version(registry):
 
 
 def test_backward_transitive_rejects_change_incompatible_with_an_older_version(registry):
-    evolution(registry, "BACKWARD_TRANSITIVE", [B1, B2], B3, compatible=False, names=["status_code"])
+    evolution(registry, "BACKWARD_TRANSITIVE", [B1, B2], B3, compatible=False)
 
 
 #   F1 {legacy: int}, F2 {legacy: int = 0}; candidate drops legacy:
@@ -718,7 +709,7 @@ def test_forward_checks_only_the_latest_version(registry):
 
 
 def test_forward_transitive_rejects_change_incompatible_with_an_older_version(registry):
-    evolution(registry, "FORWARD_TRANSITIVE", [F1, F2], F3, compatible=False, names=["legacy"])
+    evolution(registry, "FORWARD_TRANSITIVE", [F1, F2], F3, compatible=False)
 
 
 #   U1 {legacy: string}, U2 {legacy: string = "x"}; candidate {extra: int = 1}
@@ -732,7 +723,47 @@ def test_full_checks_only_the_latest_version(registry):
 
 
 def test_full_transitive_rejects_change_incompatible_with_an_older_version(registry):
-    evolution(registry, "FULL_TRANSITIVE", [U1, U2], U3, compatible=False, names=["legacy"])
+    evolution(registry, "FULL_TRANSITIVE", [U1, U2], U3, compatible=False)
+
+
+# what a 409 says: the field / symbol / branch that broke, not just "incompatible"
+MESSAGE_CASES = {
+    "new-field-without-default": ("BACKWARD", [rec(fld("a", "string"))],
+                                  rec(fld("a", "string"), fld("loyalty_tier", "int")), ["loyalty_tier"]),
+    "removed-field-forward": ("FORWARD", [rec(fld("a", "string"), fld("legacy_code", "string"))],
+                              rec(fld("a", "string")), ["legacy_code"]),
+    "type-change": ("BACKWARD", [rec(fld("amount", "string"))], rec(fld("amount", "int")), ["amount"]),
+    "timestamp-millis-to-string": ("BACKWARD", [rec(fld("occurred_at", TS_MILLIS))],
+                                   rec(fld("occurred_at", "string")), ["occurred_at"]),
+    "field-inside-named-type": ("BACKWARD", [rec(fld("billing", ADDRESS), fld("shipping", "t.Address"))],
+                                rec(fld("billing", ADDRESS_ZONE), fld("shipping", "t.Address")), ["zone"]),
+    "enum-symbol-removed": ("BACKWARD", [rec(fld("tier", enum(["BRONZE", "SILVER", "PLATINUM"])))],
+                            rec(fld("tier", enum(["BRONZE", "SILVER"]))), ["PLATINUM"]),
+    "enum-symbol-added-forward": ("FORWARD", [rec(fld("tier", enum(["BRONZE", "SILVER"])))],
+                                  rec(fld("tier", enum(["BRONZE", "SILVER", "GOLD"]))), ["GOLD"]),
+    "union-narrowed": ("BACKWARD", [rec(fld("contact", ["null", "string", "long"], default=None))],
+                       rec(fld("contact", ["null", "string"], default=None)), ["contact"]),
+    "union-widened-forward": ("FORWARD", [rec(fld("contact", ["null", "string"], default=None))],
+                              rec(fld("contact", ["null", "string", "long"], default=None)), ["contact"]),
+    "union-narrowed-to-plain-type": ("BACKWARD", [rec(fld("contact", ["null", "string"], default=None))],
+                                     rec(fld("contact", "string")), ["contact"]),
+    "backward-transitive": ("BACKWARD_TRANSITIVE", [B1, B2], B3, ["status_code"]),
+    "forward-transitive": ("FORWARD_TRANSITIVE", [F1, F2], F3, ["legacy"]),
+}
+
+
+@pytest.mark.parametrize("case", list(MESSAGE_CASES))
+def test_409_message_names_what_broke(registry, case):
+    level, history, candidate, names = MESSAGE_CASES[case]
+    c = registry.client()
+    c.set_compatibility("s", "NONE")
+    for text in history:
+        register(c, "s", text)
+    c.set_compatibility("s", level)
+    r = post_json(registry, "/subjects/s/versions", {"schema": candidate})
+    body = assert_error(r, 409, 409)
+    missing = [n for n in names if n not in body["message"]]
+    assert not missing, f"the 409 message should name {missing}: {body['message']!r}"
 
 
 def test_compatibility_check_against_a_specific_version(registry):

@@ -269,6 +269,11 @@ fn data_dir_is_temp(dir: &std::path::Path) -> bool {
 
 #[tokio::main]
 async fn main() {
+    // Behave like a Unix tool in a pipe (`devstack peek … | head`): die quietly on SIGPIPE.
+    // SAFETY: restoring the default disposition of a signal before any thread uses stdout.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     logging::init(cli.log_format);
     if let Err(e) = run(cli.cmd).await {
