@@ -14,16 +14,21 @@ use serde_json::json;
 
 use crate::kafka::{client_config, partition_count};
 
+/// One record as read from the topic.
+#[derive(Debug, Clone)]
+pub struct RawRecord {
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp: Option<i64>,
+    pub key: Option<Vec<u8>>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+    pub payload: Option<Vec<u8>>,
+}
+
 /// Reads up to `limit` records of `topic` from the beginning of every
-/// partition (stopping early at the end of the topic) and returns them as
-/// JSON objects: topic, partition, offset, timestamp, key, headers, record,
-/// schema_id, value (or `error` when a value does not decode).
-pub async fn peek(
-    kafka: &KafkaArgs,
-    codec: &Codec,
-    topic: &str,
-    limit: usize,
-) -> anyhow::Result<Vec<serde_json::Value>> {
+/// partition, stopping at the end of the topic (its high watermarks when the
+/// read starts), ordered by partition then offset.
+pub async fn read_raw(kafka: &KafkaArgs, topic: &str, limit: usize) -> anyhow::Result<Vec<RawRecord>> {
     let timeout = Duration::from_secs(15);
     let partitions = partition_count(kafka, topic, timeout)?;
     let consumer: BaseConsumer =
@@ -41,31 +46,32 @@ pub async fn peek(
         return Ok(vec![]);
     }
     consumer.assign(&tpl)?;
-    let raw = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<_>> {
+    let mut out = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<RawRecord>> {
         let mut out = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !remaining.is_empty() && out.len() < limit && Instant::now() < deadline {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !remaining.is_empty() && out.len() < limit {
+            anyhow::ensure!(Instant::now() < deadline, "reading did not reach the end of the topic within 120 s");
             match consumer.poll(Duration::from_millis(200)) {
                 Some(Ok(m)) => {
-                    if m.offset() + 1 >= remaining.get(&m.partition()).copied().unwrap_or(0) {
+                    let Some(&high) = remaining.get(&m.partition()) else { continue };
+                    if m.offset() + 1 >= high {
                         remaining.remove(&m.partition());
                     }
-                    let headers: Vec<serde_json::Value> = m
+                    if m.offset() >= high {
+                        continue;
+                    }
+                    let headers = m
                         .headers()
-                        .map(|h| {
-                            h.iter()
-                                .map(|h| json!({h.key: h.value.map(|v| String::from_utf8_lossy(v).into_owned())}))
-                                .collect()
-                        })
+                        .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec))).collect())
                         .unwrap_or_default();
-                    out.push((
-                        m.partition(),
-                        m.offset(),
-                        m.timestamp().to_millis(),
-                        m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                    out.push(RawRecord {
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        timestamp: m.timestamp().to_millis(),
+                        key: m.key().map(<[u8]>::to_vec),
                         headers,
-                        m.payload().map(<[u8]>::to_vec),
-                    ));
+                        payload: m.payload().map(<[u8]>::to_vec),
+                    });
                 }
                 Some(Err(e)) => return Err(e.into()),
                 None => {}
@@ -74,13 +80,33 @@ pub async fn peek(
         Ok(out)
     })
     .await??;
+    out.sort_by_key(|r| (r.partition, r.offset));
+    Ok(out)
+}
+
+/// Reads like [`read_raw`] and decodes every value through the registry into
+/// JSON objects: topic, partition, offset, timestamp, key, headers, record,
+/// schema_id, value (or `error` when a value does not decode).
+pub async fn peek(
+    kafka: &KafkaArgs,
+    codec: &Codec,
+    topic: &str,
+    limit: usize,
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    let raw = read_raw(kafka, topic, limit).await?;
     let mut out = Vec::with_capacity(raw.len());
-    for (partition, offset, ts, key, headers, payload) in raw {
+    for r in raw {
+        let headers: Vec<serde_json::Value> = r
+            .headers
+            .iter()
+            .map(|(k, v)| json!({k: v.as_ref().map(|v| String::from_utf8_lossy(v).into_owned())}))
+            .collect();
         let mut v = json!({
-            "topic": topic, "partition": partition, "offset": offset,
-            "timestamp": ts, "key": key, "headers": headers,
+            "topic": topic, "partition": r.partition, "offset": r.offset,
+            "timestamp": r.timestamp, "key": r.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned()),
+            "headers": headers,
         });
-        match codec.decode_json(payload.as_deref()).await {
+        match codec.decode_json(r.payload.as_deref()).await {
             Ok(d) => {
                 v["record"] = json!(d.record);
                 v["schema_id"] = json!(d.schema_id);
