@@ -21,6 +21,9 @@ pub struct Stats {
     by_type: Mutex<BTreeMap<String, u64>>,
     by_category: Mutex<BTreeMap<String, u64>>,
     latencies_us: Mutex<Vec<u32>>,
+    /// Events sent in each second since `started`.
+    per_second: Mutex<Vec<u64>>,
+    started: std::time::Instant,
     prom: Prom,
 }
 
@@ -78,6 +81,8 @@ impl Default for Stats {
             by_type: Mutex::default(),
             by_category: Mutex::default(),
             latencies_us: Mutex::default(),
+            per_second: Mutex::default(),
+            started: std::time::Instant::now(),
             prom: Prom::new(),
         }
     }
@@ -93,6 +98,13 @@ impl Stats {
         self.prom.sent.with_label_values(&[topic, record]).inc();
         bump(&self.by_type, record);
         bump(&self.by_category, category);
+        let sec = self.started.elapsed().as_secs() as usize;
+        let mut per_second = self.per_second.lock().unwrap_or_else(|p| p.into_inner());
+        if per_second.len() <= sec {
+            per_second.resize(sec + 1, 0);
+        }
+        per_second[sec] += 1;
+        drop(per_second);
         if duplicate {
             self.duplicates.fetch_add(1, Ordering::Relaxed);
             self.prom.duplicates.inc();
@@ -139,7 +151,12 @@ impl Stats {
             lat[idx] as f64 / 1000.0
         };
         let sent = self.sent.load(Ordering::Relaxed);
+        let pacing = run.target_rate.and_then(|target| {
+            let per_second = self.per_second.lock().unwrap_or_else(|p| p.into_inner());
+            pacing(&per_second, target)
+        });
         Summary {
+            pacing,
             run,
             elapsed_s: elapsed.as_secs_f64(),
             sent,
@@ -154,6 +171,31 @@ impl Stats {
             by_category: self.by_category.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         }
     }
+}
+
+/// How steadily the target rate was held.
+#[derive(Debug, Clone, Serialize)]
+pub struct Pacing {
+    pub target_rate: f64,
+    /// Lowest and highest rate over any full 10 s window.
+    pub min_10s_rate: f64,
+    pub max_10s_rate: f64,
+    /// Largest deviation of a 10 s window from the target, in percent.
+    pub worst_deviation_pct: f64,
+}
+
+/// The 10 s window rates of a run (whole seconds only; the last, partial
+/// second is left out). `None` when the run was shorter than 11 s.
+pub fn pacing(per_second: &[u64], target: f64) -> Option<Pacing> {
+    let full = per_second.len().checked_sub(1)?;
+    if full < 10 {
+        return None;
+    }
+    let rates: Vec<f64> = per_second[..full].windows(10).map(|w| w.iter().sum::<u64>() as f64 / 10.0).collect();
+    let min = rates.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = rates.iter().copied().fold(0.0, f64::max);
+    let worst = rates.iter().map(|r| (r - target).abs() / target * 100.0).fold(0.0, f64::max);
+    Some(Pacing { target_rate: target, min_10s_rate: min, max_10s_rate: max, worst_deviation_pct: worst })
 }
 
 /// How the run was configured (echoed in the summary so it can be repeated).
@@ -178,6 +220,8 @@ pub struct Latency {
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
     pub run: RunInfo,
+    /// Present for paced runs of at least 11 s.
+    pub pacing: Option<Pacing>,
     pub elapsed_s: f64,
     pub sent: u64,
     pub acknowledged: u64,
@@ -209,6 +253,16 @@ impl Summary {
             self.latency_ms.p99,
             self.latency_ms.max,
         );
+        if let Some(p) = &self.pacing {
+            s += &format!(
+                "  pacing: 10 s windows between {:.1} and {:.1} events/s (target {}, worst deviation {:.2}%){}\n",
+                p.min_10s_rate,
+                p.max_10s_rate,
+                p.target_rate,
+                p.worst_deviation_pct,
+                if p.worst_deviation_pct > 2.0 { " — the broker or this machine did not keep up" } else { "" }
+            );
+        }
         let types: Vec<String> = self.by_type.iter().map(|(k, v)| format!("{k} {v}")).collect();
         s += &format!("  by type: {}\n", types.join(", "));
         let cats: Vec<String> = self.by_category.iter().map(|(k, v)| format!("{k} {v}")).collect();
@@ -221,5 +275,22 @@ impl Summary {
             s += &format!("  queue-full waits {}, registry retries {}\n", self.queue_full_waits, self.registry_retries);
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pacing_reports_the_worst_full_ten_second_window() {
+        let mut secs = vec![100u64; 12];
+        secs[3] = 50; // one slow second drags every window that holds it
+        secs.push(7); // the partial last second is ignored
+        let p = pacing(&secs, 100.0).unwrap();
+        assert_eq!(p.min_10s_rate, 95.0);
+        assert_eq!(p.max_10s_rate, 95.0);
+        assert!((p.worst_deviation_pct - 5.0).abs() < 1e-9);
+        assert!(pacing(&[100; 10], 100.0).is_none(), "too short to judge");
     }
 }
