@@ -12,6 +12,7 @@
 //! - [`kafka`]: librdkafka clients from those settings, topic metadata.
 //! - [`codec`]: the Confluent wire-format codec through a schema registry.
 //! - [`metrics`]: every exported Prometheus metric name.
+//! - [`process`]: shutdown signals, SIGPIPE.
 //! - [`samples`]: one linked sample of every event.
 //! - [`registry_admin`]: registering contracts and setting the compatibility
 //!   policy (BACKWARD by default).
@@ -24,6 +25,7 @@ pub mod events;
 pub mod kafka;
 pub mod logging;
 pub mod metrics;
+pub mod process;
 pub mod registry_admin;
 pub mod samples;
 pub mod topics;

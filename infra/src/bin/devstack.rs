@@ -111,15 +111,6 @@ enum Cmd {
     },
 }
 
-async fn wait_for_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing a SIGTERM handler succeeds on Unix");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-}
-
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -153,7 +144,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             let stack = Stack::up(&opts).await?;
             print_stack(&stack);
             println!("  Ctrl-C stops the stack; data stays in {}", opts.data_dir.display());
-            wait_for_signal().await;
+            keyflow_schemas::process::shutdown_signal().await;
             eprintln!("devstack: stopping");
             stack.down().await;
         }
@@ -269,11 +260,7 @@ fn data_dir_is_temp(dir: &std::path::Path) -> bool {
 
 #[tokio::main]
 async fn main() {
-    // Behave like a Unix tool in a pipe (`devstack peek … | head`): die quietly on SIGPIPE.
-    // SAFETY: restoring the default disposition of a signal before any thread uses stdout.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
+    keyflow_schemas::process::die_on_sigpipe();
     let cli = Cli::parse();
     logging::init(cli.log_format);
     if let Err(e) = run(cli.cmd).await {

@@ -34,18 +34,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, log = %store.path().display(), subjects = store.state.subjects.len(), "schema registry listening");
     println!("schema-registry listening on http://{addr}");
-    registry::serve(listener, store, shutdown_signal()).await?;
+    registry::serve(listener, store, keyflow_schemas::process::shutdown_signal()).await?;
     tracing::info!("schema registry stopped");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing a SIGTERM handler succeeds on Unix");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }
 
 #[tokio::main]
