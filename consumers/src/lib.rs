@@ -3,6 +3,7 @@
 //! # Layout
 //!
 //! - [`workers`]: the four workers' topology (inputs, outputs, state topic).
+//! - [`keyed`]: ordered per key, concurrent across keys, bounded.
 //! - [`preflight`]: checks a worker makes before it joins its group — its
 //!   input topics exist and co-partitioned inputs agree on partition count.
 //!
@@ -10,5 +11,6 @@
 //! built next (issue #5); until then `worker <name>` runs the preflight and
 //! stops.
 
+pub mod keyed;
 pub mod preflight;
 pub mod workers;
