@@ -229,6 +229,7 @@ pub async fn run(
     let elapsed = start.elapsed();
     tokio::task::block_in_place(|| sink.close(Duration::from_secs(60)));
     let _ = tracker.await;
+    let drained = start.elapsed();
     progress_stop.store(true, Ordering::Relaxed);
     let _ = progress_task.await;
 
@@ -240,7 +241,7 @@ pub async fn run(
         brokers: args.kafka.brokers.clone(),
         interrupted: interrupted.load(Ordering::Relaxed),
     };
-    let summary = stats.summary(info, elapsed);
+    let summary = stats.summary(info, elapsed, drained);
     eprint!("{}", summary.render());
     if let Some(path) = &args.summary_json {
         std::fs::write(path, serde_json::to_string_pretty(&summary)?)

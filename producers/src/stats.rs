@@ -140,7 +140,7 @@ impl Stats {
     }
 
     /// The final summary.
-    pub fn summary(&self, run: RunInfo, elapsed: Duration) -> Summary {
+    pub fn summary(&self, run: RunInfo, elapsed: Duration, drained: Duration) -> Summary {
         let mut lat = self.latencies_us.lock().unwrap_or_else(|p| p.into_inner()).clone();
         lat.sort_unstable();
         let pct = |p: f64| -> f64 {
@@ -161,6 +161,8 @@ impl Stats {
             elapsed_s: elapsed.as_secs_f64(),
             sent,
             acknowledged: self.acked.load(Ordering::Relaxed),
+            drained_s: drained.as_secs_f64(),
+            acked_rate: self.acked.load(Ordering::Relaxed) as f64 / drained.as_secs_f64().max(1e-9),
             failed: self.failed.load(Ordering::Relaxed),
             duplicates_injected: self.duplicates.load(Ordering::Relaxed),
             achieved_rate: if elapsed.as_secs_f64() > 0.0 { sent as f64 / elapsed.as_secs_f64() } else { 0.0 },
@@ -222,7 +224,12 @@ pub struct Summary {
     pub run: RunInfo,
     /// Present for paced runs of at least 11 s.
     pub pacing: Option<Pacing>,
+    /// Seconds of generation (sending).
     pub elapsed_s: f64,
+    /// Seconds until the last in-flight event was acknowledged or failed.
+    pub drained_s: f64,
+    /// Acknowledged events per second of `drained_s`: the throughput the broker took.
+    pub acked_rate: f64,
     pub sent: u64,
     pub acknowledged: u64,
     pub failed: u64,
@@ -240,7 +247,7 @@ impl Summary {
     pub fn render(&self) -> String {
         let mut s = format!(
             "producer {}: sent {}, acknowledged {}, failed {}, duplicates injected {}\n\
-             achieved {:.1} events/s{} over {:.1} s; delivery latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms\n",
+             achieved {:.1} events/s{} over {:.1} s ({:.1} acknowledged/s until drained); delivery latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms\n",
             self.run.command,
             self.sent,
             self.acknowledged,
@@ -249,6 +256,7 @@ impl Summary {
             self.achieved_rate,
             self.run.target_rate.map(|r| format!(" (target {r})")).unwrap_or_default(),
             self.elapsed_s,
+            self.acked_rate,
             self.latency_ms.p50,
             self.latency_ms.p99,
             self.latency_ms.max,

@@ -220,3 +220,55 @@ async fn bad_flags_are_refused_and_undeliverable_events_are_counted_and_fail_the
     assert!(err.contains("delivery failed"), "{err}");
     stack.down().await;
 }
+
+#[tokio::test]
+async fn ctrl_c_stops_flushes_and_summarizes_while_metrics_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = start(&options(dir.path(), 1)).await;
+    let sum = dir.path().join("s.json");
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let mut child = tokio::process::Command::new(keyflow_e2e::bin("producer"))
+        .args([
+            "orders",
+            "-b",
+            &stack.kafka.brokers,
+            "--registry",
+            &stack.registry.registry,
+            "--rate",
+            "200",
+            "--metrics-addr",
+            &metrics,
+            "--summary-json",
+            sum.to_str().unwrap(),
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the producer has sent something, reading its live metrics.
+    let url = format!("http://{metrics}/metrics");
+    let mut body = String::new();
+    for _ in 0..100 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        if let Ok(r) = reqwest::get(&url).await {
+            body = r.text().await.unwrap_or_default();
+            if body.contains("keyflow_producer_events_acked_total{") {
+                break;
+            }
+        }
+    }
+    assert!(body.contains(keyflow_schemas::metrics::PRODUCER_SENT), "{body}");
+    assert!(body.contains(keyflow_schemas::metrics::PRODUCER_DELIVERY_SECONDS), "{body}");
+    let pid = child.id().unwrap().to_string();
+    let status = std::process::Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    assert!(status.success());
+    let out =
+        tokio::time::timeout(std::time::Duration::from_secs(30), child.wait_with_output()).await.unwrap().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("interrupted") && err.contains("acknowledged"), "{err}");
+    let s = summary(&sum);
+    assert_eq!(s["run"]["interrupted"], true);
+    assert!(s["sent"].as_u64().unwrap() > 0);
+    assert_eq!(s["sent"], s["acknowledged"], "everything in flight was flushed: {s}");
+    stack.down().await;
+}
