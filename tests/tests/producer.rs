@@ -227,7 +227,7 @@ async fn ctrl_c_stops_flushes_and_summarizes_while_metrics_are_served() {
     let stack = start(&options(dir.path(), 1)).await;
     let sum = dir.path().join("s.json");
     let metrics = format!("127.0.0.1:{}", free_port());
-    let mut child = tokio::process::Command::new(keyflow_e2e::bin("producer"))
+    let child = tokio::process::Command::new(keyflow_e2e::bin("producer"))
         .args([
             "orders",
             "-b",
