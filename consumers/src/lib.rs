@@ -3,6 +3,7 @@
 //! # Layout
 //!
 //! - [`workers`]: the four workers' topology (inputs, outputs, state topic).
+//! - [`changelog`]: record the decision, then publish it — entries and restore.
 //! - [`keyed`]: ordered per key, concurrent across keys, bounded.
 //! - [`preflight`]: checks a worker makes before it joins its group — its
 //!   input topics exist and co-partitioned inputs agree on partition count.
@@ -11,6 +12,7 @@
 //! built next (issue #5); until then `worker <name>` runs the preflight and
 //! stops.
 
+pub mod changelog;
 pub mod keyed;
 pub mod preflight;
 pub mod workers;
