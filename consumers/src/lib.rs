@@ -4,6 +4,9 @@
 //!
 //! - [`workers`]: the four workers' topology (inputs, outputs, state topic).
 //! - [`changelog`]: record the decision, then publish it — entries and restore.
+//! - [`task`]: the [`task::Worker`] trait and a batch applied under per-key
+//!   state with dedupe, offset guard and per-key order (pure, no Kafka).
+//! - [`counter`]: a test worker that proves the runtime.
 //! - [`keyed`]: ordered per key, concurrent across keys, bounded.
 //! - [`preflight`]: checks a worker makes before it joins its group — its
 //!   input topics exist and co-partitioned inputs agree on partition count.
@@ -13,6 +16,8 @@
 //! stops.
 
 pub mod changelog;
+pub mod counter;
 pub mod keyed;
 pub mod preflight;
+pub mod task;
 pub mod workers;

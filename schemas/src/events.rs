@@ -38,6 +38,23 @@ pub fn derived_event_id(worker: &str, causing_event_id: &str, output_type: &str)
     uuid::Uuid::new_v5(&EVENT_ID_NAMESPACE, name.as_bytes()).to_string()
 }
 
+/// Metadata of an event derived from `cause` by `worker`: a deterministic
+/// `event_id` (see [`derived_event_id`]), the cause's event time and
+/// correlation, and the cause as `causation_id`. A reprocessed input
+/// therefore yields a byte-identical output.
+pub fn derived_metadata(worker: &str, cause: &EventMetadata, output_type: &str) -> EventMetadata {
+    let event_id = derived_event_id(worker, &cause.event_id, output_type);
+    EventMetadata {
+        idempotency_key: event_id.clone(),
+        event_id,
+        event_type: output_type.to_string(),
+        source: format!("{worker}-worker"),
+        occurred_at: cause.occurred_at,
+        correlation_id: cause.correlation_id.clone(),
+        causation_id: Some(cause.event_id.clone()),
+    }
+}
+
 /// One line of an order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderItem {
