@@ -1,14 +1,18 @@
 //! `worker <name>`: runs one of the pipeline's workers as a consumer-group
 //! member.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use keyflow_consumers::counter::Counter;
 use keyflow_consumers::preflight;
+use keyflow_consumers::runtime::{self, RuntimeConfig};
 use keyflow_consumers::workers::WorkerKind;
-use keyflow_schemas::client::KafkaArgs;
+use keyflow_schemas::client::{parse_duration, KafkaArgs, RegistryArgs};
 use keyflow_schemas::logging::{self, LogFormat};
 use keyflow_schemas::topics::TopicNames;
+use keyflow_schemas::Codec;
 
 /// Runs a keyflow worker (payment, fulfillment, loyalty, publication).
 #[derive(Debug, Parser)]
@@ -20,25 +24,57 @@ struct Args {
     #[command(flatten)]
     kafka: KafkaArgs,
     #[command(flatten)]
+    registry: RegistryArgs,
+    #[command(flatten)]
     topics: TopicNames,
+    /// Records of different keys processed concurrently per partition.
+    #[arg(long, default_value_t = 64)]
+    max_in_flight: usize,
+    /// Largest batch recorded in one changelog commit.
+    #[arg(long, default_value_t = 500)]
+    max_batch: usize,
+    /// How long (event time) re-sent facts and copies are remembered per key.
+    #[arg(long, value_parser = parse_duration, default_value = "24h")]
+    dedupe_retention: Duration,
+    /// Static membership id (`group.instance.id`): a restart gets its partitions back.
+    #[arg(long, env = "WORKER_INSTANCE_ID")]
+    instance_id: Option<String>,
+    /// Test worker only: simulated dependency latency per record.
+    #[arg(long, value_parser = parse_duration, default_value = "0ms", hide = true)]
+    delay: Duration,
     /// Log format (logs go to stderr).
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
 }
 
-fn main() {
+async fn run(args: Args) -> anyhow::Result<()> {
+    let name = args.worker.name();
+    let partitions = preflight::check_topics(&args.kafka, &args.topics, args.worker, Duration::from_secs(15))?;
+    tracing::info!(worker = name, partitions, "topics checked");
+    let codec = Arc::new(Codec::new(&args.registry.config().map_err(anyhow::Error::msg)?)?);
+    let cfg = RuntimeConfig {
+        kafka: args.kafka.clone(),
+        names: args.topics.clone(),
+        inputs: args.worker.inputs(),
+        max_in_flight: args.max_in_flight,
+        max_batch: args.max_batch,
+        dedupe_retention_ms: args.dedupe_retention.as_millis() as i64,
+        instance_id: args.instance_id.clone(),
+    };
+    match args.worker {
+        WorkerKind::Counter => {
+            runtime::run(Counter { delay: args.delay }, cfg, codec, keyflow_schemas::process::shutdown_signal()).await
+        }
+        other => anyhow::bail!("worker {}: its business rules are not built yet (issue #6)", other.name()),
+    }
+}
+
+#[tokio::main]
+async fn main() {
     let args = Args::parse();
     logging::init(args.log_format);
-    let name = args.worker.name();
-    match preflight::check_topics(&args.kafka, &args.topics, args.worker, Duration::from_secs(15)) {
-        Ok(partitions) => {
-            tracing::info!(worker = name, partitions, "topics checked");
-            eprintln!("worker {name}: topics are co-partitioned ({partitions} partitions), but the worker runtime is not built yet (issue #5)");
-            std::process::exit(3);
-        }
-        Err(e) => {
-            eprintln!("worker: error: {e}");
-            std::process::exit(1);
-        }
+    if let Err(e) = run(args).await {
+        eprintln!("worker: error: {e:#}");
+        std::process::exit(1);
     }
 }
