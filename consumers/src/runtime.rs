@@ -46,7 +46,12 @@ pub struct RuntimeConfig {
     pub dedupe_retention_ms: i64,
     /// `group.instance.id` for static membership.
     pub instance_id: Option<String>,
+    /// Larger input records are poison (`oversized`).
+    pub max_record_bytes: usize,
 }
+
+/// How much of an oversized record's value the DLQ keeps.
+pub const DLQ_OVERSIZED_KEEP_BYTES: usize = 64 * 1024;
 
 /// One partition task's live state.
 struct Task<S> {
@@ -204,19 +209,33 @@ async fn decode(codec: &Codec, m: &BorrowedMessage<'_>, names: &TopicNames) -> R
     Ok(Input { topic: topic.to_string(), partition: m.partition(), offset: m.offset(), key, event, traceparent })
 }
 
+/// A DLQ record: the original key and value (an oversized value is cut to
+/// [`DLQ_OVERSIZED_KEEP_BYTES`], its size in `original.size`) and headers
+/// saying why and where it came from.
 fn dlq_record(worker: &str, names: &TopicNames, m: &BorrowedMessage<'_>, class: &str, message: &str) -> OutboxRecord {
+    let payload = m.payload().unwrap_or_default();
+    let mut extra = vec![];
+    let value = if class == "oversized" {
+        extra.push(("original.size".to_string(), payload.len().to_string().into_bytes()));
+        payload[..payload.len().min(DLQ_OVERSIZED_KEEP_BYTES)].to_vec()
+    } else {
+        payload.to_vec()
+    };
     OutboxRecord {
         topic: names.get(&dlq_topic(worker)),
         key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default(),
-        value: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-        headers: vec![
-            ("error.class".into(), class.as_bytes().to_vec()),
-            ("error.message".into(), message.as_bytes().to_vec()),
-            ("source.topic".into(), m.topic().as_bytes().to_vec()),
-            ("source.partition".into(), m.partition().to_string().into_bytes()),
-            ("source.offset".into(), m.offset().to_string().into_bytes()),
-            ("worker".into(), worker.as_bytes().to_vec()),
-        ],
+        value,
+        headers: extra
+            .into_iter()
+            .chain([
+                ("error.class".into(), class.as_bytes().to_vec()),
+                ("error.message".into(), message.as_bytes().to_vec()),
+                ("source.topic".into(), m.topic().as_bytes().to_vec()),
+                ("source.partition".into(), m.partition().to_string().into_bytes()),
+                ("source.offset".into(), m.offset().to_string().into_bytes()),
+                ("worker".into(), worker.as_bytes().to_vec()),
+            ])
+            .collect(),
     }
 }
 
@@ -318,6 +337,13 @@ pub async fn run<W: Worker>(
             let mut checkpoint = BTreeMap::new();
             for m in &msgs {
                 checkpoint.insert(format!("{}/{}", m.topic(), m.partition()), m.offset() + 1);
+                let size = m.payload().map_or(0, <[u8]>::len);
+                if size > cfg.max_record_bytes {
+                    let why = format!("value of {size} bytes exceeds --max-record-bytes {}", cfg.max_record_bytes);
+                    tracing::warn!(topic = m.topic(), partition = p, offset = m.offset(), %why, "poison record to DLQ");
+                    outbox.push(dlq_record(name, &cfg.names, m, "oversized", &why));
+                    continue;
+                }
                 let mut delay = Duration::from_millis(200);
                 loop {
                     match decode(&codec, m, &cfg.names).await {

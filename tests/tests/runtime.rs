@@ -77,6 +77,100 @@ fn spawn_worker(brokers: &str, registry: &str, instance: &str, log: &std::path::
         .unwrap()
 }
 
+/// Distinct output event_ids on `loyalty` and the number of raw copies.
+async fn outputs(stack: &keyflow_infra::stack::Stack, codec: &Codec) -> (HashSet<String>, usize) {
+    let mut ids = HashSet::new();
+    let mut copies = 0;
+    for r in read_raw(&stack.kafka, "loyalty", usize::MAX).await.unwrap() {
+        let e: LoyaltyEvent = codec.decode("loyalty", r.payload.as_deref()).await.unwrap();
+        if !ids.insert(keyflow_schemas::events::TopicEvent::metadata(&e).event_id.clone()) {
+            copies += 1;
+        }
+    }
+    (ids, copies)
+}
+
+/// A stack with the counter's topics and `count` orders (seed 3) on `orders`.
+async fn stack_with_orders(dir: &std::path::Path, count: u64) -> keyflow_infra::stack::Stack {
+    let stack = start(&options(dir, 3)).await;
+    keyflow_infra::kafka::create_topics(&stack.kafka, &[spec("counter-state", 3), spec("counter.dlq", 1)], None)
+        .await
+        .unwrap();
+    let out = run(
+        "producer",
+        &[
+            "orders",
+            "-b",
+            &stack.kafka.brokers,
+            "--registry",
+            &stack.registry.registry,
+            "--rate",
+            "0",
+            "--count",
+            &count.to_string(),
+            "--seed",
+            "3",
+            "--start-time",
+            &START.to_string(),
+            "--event-step-ms",
+            "1",
+            "--customers",
+            "300",
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out).1);
+    stack
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_under_load_exits_0_within_10_s_and_a_restart_reprocesses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let count = 10_000u64;
+    let stack = stack_with_orders(dir.path(), count).await;
+    let (brokers, registry) = (stack.kafka.brokers.clone(), stack.registry.registry.clone());
+    let (want, _) = expected(count, 3);
+    let want_total: usize = want.values().map(Vec::len).sum();
+    let codec = Codec::new(&RegistryConfig::new(&registry)).unwrap();
+    let log = dir.path().join("worker.log");
+    let mut w = spawn_worker(&brokers, &registry, "a", &log);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (ids, _) = outputs(&stack, &codec).await;
+        if !ids.is_empty() || Instant::now() > deadline {
+            break;
+        }
+    }
+    let term = Instant::now();
+    assert!(std::process::Command::new("kill").args(["-TERM", &w.id().to_string()]).status().unwrap().success());
+    let status = loop {
+        if let Some(s) = w.try_wait().unwrap() {
+            break s;
+        }
+        assert!(term.elapsed() < Duration::from_secs(10), "worker did not stop within 10 s of SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "exit status {status}");
+    let (before, _) = outputs(&stack, &codec).await;
+    assert!(before.len() < want_total, "stopped mid-run ({} of {want_total})", before.len());
+
+    let mut w = spawn_worker(&brokers, &registry, "a", &log);
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let (ids, copies) = loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (ids, copies) = outputs(&stack, &codec).await;
+        if ids.len() >= want_total || Instant::now() > deadline {
+            break (ids, copies);
+        }
+    };
+    let _ = w.kill();
+    let _ = w.wait();
+    assert_eq!(ids.len(), want_total);
+    assert_eq!(copies, 0, "a graceful stop leaves no copy: nothing was reprocessed");
+    stack.down().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_mid_run_loses_nothing_duplicates_nothing_and_keeps_per_key_order() {
     let dir = tempfile::tempdir().unwrap();
@@ -198,5 +292,93 @@ async fn kill_9_mid_run_loses_nothing_duplicates_nothing_and_keeps_per_key_order
         .collect();
     assert_eq!(dlq_offsets.len(), poison, "each poison record in the DLQ (distinct by source offset)");
     eprintln!("kills {kills}, outputs {want_total}, raw copies {copies}, dlq {poison}");
+    stack.down().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn six_kinds_of_poison_land_in_the_dlq_with_headers_while_good_records_flow() {
+    use keyflow_schemas::samples::samples;
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let dir = tempfile::tempdir().unwrap();
+    let count = 2_000u64;
+    let stack = stack_with_orders(dir.path(), count).await;
+    let (brokers, registry) = (stack.kafka.brokers.clone(), stack.registry.registry.clone());
+    let codec = Codec::new(&RegistryConfig::new(&registry)).unwrap();
+    let s = samples("poison");
+    let OrderEvent::OrderPlaced(mut good) = s.orders[0].clone() else { unreachable!("sample 0 is an order") };
+    good.customer_id = "customer-poison".into();
+    let good_bytes = codec.encode("orders", &OrderEvent::from(good.clone())).await.unwrap();
+    let mut negative = good.clone();
+    negative.total_minor = -1;
+    negative.metadata.event_id = "negative".into();
+    negative.metadata.idempotency_key = "negative".into();
+    let mut unknown_id = good_bytes.clone();
+    unknown_id[1..5].copy_from_slice(&999_999u32.to_be_bytes());
+    let wrong_type = codec.encode("orders", &s.payments[0]).await.unwrap();
+    let poison: Vec<(&str, Vec<u8>)> = vec![
+        ("not_wire_format", b"{\"not\": \"avro\"}".to_vec()),
+        ("unknown_schema", unknown_id),
+        ("wrong_record_type", wrong_type),
+        ("malformed_avro", good_bytes[..good_bytes.len() / 2].to_vec()),
+        ("contract_violation", codec.encode("orders", &OrderEvent::from(negative)).await.unwrap()),
+        ("oversized", vec![0u8; 1_500_000]),
+    ];
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("message.max.bytes", "3000000")
+        .set("partitioner", "murmur2_random")
+        .create()
+        .unwrap();
+    let mut sent = HashMap::new();
+    for (class, bytes) in &poison {
+        let d = producer
+            .send(FutureRecord::to("orders").key("customer-poison").payload(bytes), Duration::from_secs(30))
+            .await
+            .unwrap();
+        sent.insert((d.partition.to_string(), d.offset.to_string()), class.to_string());
+    }
+    // A good record of the same key after the poison still flows.
+    producer
+        .send(FutureRecord::to("orders").key("customer-poison").payload(&good_bytes), Duration::from_secs(30))
+        .await
+        .unwrap();
+
+    let (want, poison_in_stream) = expected(count, 3);
+    let want_total: usize = want.values().map(Vec::len).sum::<usize>() + 1;
+    let log = dir.path().join("worker.log");
+    let mut w = spawn_worker(&brokers, &registry, "a", &log);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut ids = HashSet::new();
+    while Instant::now() < deadline && ids.len() < want_total {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        ids = outputs(&stack, &codec).await.0;
+    }
+    let _ = w.kill();
+    let _ = w.wait();
+    assert_eq!(ids.len(), want_total, "good records kept flowing");
+    let dlq = read_raw(&stack.kafka, "counter.dlq", usize::MAX).await.unwrap();
+    assert_eq!(dlq.len(), poison.len() + poison_in_stream);
+    let mut found = HashMap::new();
+    for r in &dlq {
+        let h = |k: &str| {
+            r.headers.iter().find(|(n, _)| n == k).and_then(|(_, v)| v.clone()).map(|v| String::from_utf8(v).unwrap())
+        };
+        assert_eq!(h("worker").as_deref(), Some("counter"));
+        assert_eq!(h("source.topic").as_deref(), Some("orders"));
+        assert!(h("error.message").is_some_and(|m| !m.is_empty()));
+        if let Some(class) = sent.get(&(h("source.partition").unwrap(), h("source.offset").unwrap())) {
+            assert_eq!(h("error.class").as_deref(), Some(class.as_str()), "{r:?}");
+            found.insert(class.clone(), r.payload.clone().unwrap_or_default());
+        }
+    }
+    assert_eq!(found.len(), poison.len(), "every kind in the DLQ: {:?}", found.keys());
+    for (class, bytes) in &poison {
+        let kept = &found[*class];
+        if *class == "oversized" {
+            assert_eq!(kept.len(), 64 * 1024);
+        } else {
+            assert_eq!(kept, bytes, "{class}: original bytes kept");
+        }
+    }
     stack.down().await;
 }

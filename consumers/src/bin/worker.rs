@@ -39,6 +39,9 @@ struct Args {
     /// Static membership id (`group.instance.id`): a restart gets its partitions back.
     #[arg(long, env = "WORKER_INSTANCE_ID")]
     instance_id: Option<String>,
+    /// Input records larger than this go to the DLQ (class `oversized`).
+    #[arg(long, default_value_t = 1024 * 1024)]
+    max_record_bytes: usize,
     /// Test worker only: simulated dependency latency per record.
     #[arg(long, value_parser = parse_duration, default_value = "0ms", hide = true)]
     delay: Duration,
@@ -60,6 +63,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         max_batch: args.max_batch,
         dedupe_retention_ms: args.dedupe_retention.as_millis() as i64,
         instance_id: args.instance_id.clone(),
+        max_record_bytes: args.max_record_bytes,
     };
     match args.worker {
         WorkerKind::Counter => {
