@@ -16,6 +16,7 @@
 //! when partitions are revoked.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,6 +33,7 @@ use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 
 use crate::changelog::{self, Entry, OutboxRecord};
 use crate::keyed::KeyedRunner;
+use crate::metrics::WorkerMetrics;
 use crate::task::{process_batch, Input, KeyState, Outcome, Worker};
 
 /// Runtime settings.
@@ -66,9 +68,24 @@ struct Ctx<S> {
     worker: &'static str,
     cfg: RuntimeConfig,
     tasks: Tasks<S>,
+    metrics: WorkerMetrics,
+    ready: Arc<AtomicBool>,
 }
 
-impl<S> ClientContext for Ctx<S> where S: Send + Sync + 'static {}
+impl<S> ClientContext for Ctx<S>
+where
+    S: Send + Sync + 'static,
+{
+    fn stats(&self, stats: rdkafka::Statistics) {
+        for (topic, t) in &stats.topics {
+            for (p, part) in &t.partitions {
+                if *p >= 0 && part.consumer_lag >= 0 {
+                    self.metrics.lag.with_label_values(&[topic.as_str(), &p.to_string()]).set(part.consumer_lag);
+                }
+            }
+        }
+    }
+}
 
 impl<S> ConsumerContext for Ctx<S>
 where
@@ -83,12 +100,19 @@ where
         use rdkafka::types::RDKafkaRespErr::*;
         match err {
             RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.ready.store(false, Ordering::Relaxed);
+                self.metrics.ready.set(0);
+                self.metrics.rebalances.with_label_values(&["assign"]).inc();
                 let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
                 let mut with_offsets = TopicPartitionList::new();
                 let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
                 for p in partitions.iter().copied().collect::<std::collections::BTreeSet<_>>() {
+                    let started = Instant::now();
                     match restore_task::<S>(self.worker, &self.cfg, p) {
-                        Ok((task, checkpoint)) => {
+                        Ok((task, checkpoint, stats)) => {
+                            self.metrics.restore_seconds.observe(started.elapsed().as_secs_f64());
+                            self.metrics.restore_records.inc_by(stats.records);
+                            self.metrics.republished.inc_by(stats.republished);
                             for t in &self.cfg.inputs {
                                 let topic = self.cfg.names.get(t);
                                 let offset = checkpoint
@@ -106,12 +130,20 @@ where
                         }
                     }
                 }
+                self.metrics.assigned.set(tasks.len() as i64);
+                self.metrics.state_keys.set(tasks.values().map(|t| t.states.len() as i64).sum());
+                self.ready.store(true, Ordering::Relaxed);
+                self.metrics.ready.set(1);
                 tracing::info!(worker = self.worker, ?partitions, "assigned; tasks restored");
                 if let Err(e) = consumer.assign(&with_offsets) {
                     tracing::error!(error = %e, "assign failed");
                 }
             }
             RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.metrics.rebalances.with_label_values(&["revoke"]).inc();
+                self.metrics.assigned.set(0);
+                self.metrics.state_keys.set(0);
+                self.metrics.lag.reset();
                 self.tasks.lock().unwrap_or_else(|p| p.into_inner()).clear();
                 tracing::info!(worker = self.worker, "partitions revoked");
                 let _ = consumer.unassign();
@@ -123,13 +155,19 @@ where
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, _: &Rebalance<'_>) {}
 }
 
+/// What a restore read and re-published.
+struct RestoreStats {
+    records: u64,
+    republished: u64,
+}
+
 /// Reads a changelog partition from the beginning, rebuilds the task and
 /// re-publishes what was decided but not published.
 fn restore_task<S: serde::de::DeserializeOwned + Default>(
     worker: &str,
     cfg: &RuntimeConfig,
     p: i32,
-) -> anyhow::Result<(Task<S>, BTreeMap<String, i64>)> {
+) -> anyhow::Result<(Task<S>, BTreeMap<String, i64>, RestoreStats)> {
     let started = Instant::now();
     let topic = cfg.names.get(&state_topic(worker));
     let consumer: BaseConsumer =
@@ -156,7 +194,9 @@ fn restore_task<S: serde::de::DeserializeOwned + Default>(
             }
         }
     }
+    let records = entries.len() as u64;
     let r = changelog::restore(entries);
+    let republished = r.unpublished.iter().map(|(_, o)| o.len() as u64).sum();
     let mut states = HashMap::new();
     for (k, v) in r.states {
         states.insert(k, serde_json::from_value::<KeyState<S>>(v)?);
@@ -183,7 +223,7 @@ fn restore_task<S: serde::de::DeserializeOwned + Default>(
         producer.flush(Duration::from_secs(60))?;
     }
     tracing::info!(worker, partition = p, keys = states.len(), took = ?started.elapsed(), dropped_tail = r.dropped_tail, "task restored");
-    Ok((Task { states, next_batch: r.last_batch + 1 }, r.checkpoint))
+    Ok((Task { states, next_batch: r.last_batch + 1 }, r.checkpoint, RestoreStats { records, republished }))
 }
 
 /// Decodes a record into an [`Input`].
@@ -290,6 +330,8 @@ pub async fn run<W: Worker>(
     worker: W,
     cfg: RuntimeConfig,
     codec: Arc<Codec>,
+    metrics: WorkerMetrics,
+    ready: Arc<AtomicBool>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let name = worker.name();
@@ -300,11 +342,12 @@ pub async fn run<W: Worker>(
         ("enable.auto.offset.store", "false"),
         ("auto.offset.reset", "earliest"),
         ("partition.assignment.strategy", "range"),
+        ("statistics.interval.ms", "5000"),
     ];
     if let Some(id) = &cfg.instance_id {
         settings.push(("group.instance.id", id));
     }
-    let ctx = Ctx { worker: name, cfg: cfg.clone(), tasks: tasks.clone() };
+    let ctx = Ctx { worker: name, cfg: cfg.clone(), tasks: tasks.clone(), metrics: metrics.clone(), ready };
     let consumer: StreamConsumer<Ctx<W::State>> = client_config(&cfg.kafka, &settings)?.create_with_context(ctx)?;
     let inputs: Vec<String> = cfg.inputs.iter().map(|t| cfg.names.get(t)).collect();
     consumer.subscribe(&inputs.iter().map(String::as_str).collect::<Vec<_>>())?;
@@ -324,6 +367,11 @@ pub async fn run<W: Worker>(
                 Ok(m) => batch.push(m?),
                 Err(_) => break,
             }
+        }
+        let batch_started = Instant::now();
+        metrics.in_flight.set(batch.len() as i64);
+        for m in &batch {
+            metrics.consumed.with_label_values(&[m.topic()]).inc();
         }
         // Group by task (partition), keeping offset order within each input partition.
         let mut by_task: BTreeMap<i32, Vec<&BorrowedMessage<'_>>> = BTreeMap::new();
@@ -353,6 +401,7 @@ pub async fn run<W: Worker>(
                             break;
                         }
                         Err(e) if e.is_transient() => {
+                            metrics.retries.with_label_values(&["registry"]).inc();
                             tracing::warn!(error = %e, retry_in = ?delay, "registry unavailable; retrying");
                             tokio::time::sleep(delay).await;
                             delay = (delay * 2).min(Duration::from_secs(10));
@@ -371,6 +420,7 @@ pub async fn run<W: Worker>(
                 task.next_batch += 1;
                 (std::mem::take(&mut task.states), task.next_batch - 1)
             };
+            let inputs_meta: Vec<i64> = inputs.iter().map(|i| i.event.metadata().occurred_at).collect();
             let result = process_batch(&worker, &runner, &mut states, inputs, cfg.dedupe_retention_ms).await;
             for o in &result.outputs {
                 let topic = cfg.names.get(o.event.default_topic());
@@ -381,12 +431,27 @@ pub async fn run<W: Worker>(
                 }
                 outbox.push(OutboxRecord { topic, key: o.event.key().to_string(), value, headers });
             }
+            let now =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+            for (input, outcome) in inputs_meta.iter().zip(&result.outcomes) {
+                metrics.processed.with_label_values(&[outcome.label()]).inc();
+                if matches!(outcome, Outcome::Ok { .. }) {
+                    metrics.e2e_latency.observe((now - input).max(0) as f64 / 1000.0);
+                }
+            }
             for (m, outcome) in decoded.iter().zip(&result.outcomes) {
                 if let Outcome::Rejected(why) = outcome {
                     tracing::warn!(topic = m.topic(), partition = p, offset = m.offset(), %why, "contract violation to DLQ");
                     outbox.push(dlq_record(name, &cfg.names, m, "contract_violation", why));
                 }
             }
+            // Outputs keep their relative order in the outbox; everything else is a DLQ record.
+            let dlq_name = cfg.names.get(&dlq_topic(name));
+            let mut output_types = result.outputs.iter().map(|o| o.event.record_name());
+            let outbox_types: Vec<&str> = outbox
+                .iter()
+                .map(|o| if o.topic == dlq_name { "dlq" } else { output_types.next().unwrap_or("unknown") })
+                .collect();
             // 1. Record the decision.
             let mut log = Vec::with_capacity(result.changed.len() + 1);
             for (key, ks) in &result.changed {
@@ -399,6 +464,10 @@ pub async fn run<W: Worker>(
             // 2. Publish it.
             let out: Vec<Outgoing<'_>> = outbox.iter().map(Outgoing::outbox).collect();
             send_all(&producer, &out).await?;
+            for (o, ty) in outbox.iter().zip(&outbox_types) {
+                metrics.produced.with_label_values(&[o.topic.as_str(), ty]).inc();
+            }
+            metrics.checkpoints.inc();
             // 3. Mark it published.
             let marker = Entry::Published { batch: batch_no };
             send_all(&producer, &[Outgoing::changelog(&state_topic, p, "__published", &marker)?]).await?;
@@ -406,6 +475,11 @@ pub async fn run<W: Worker>(
                 task.states = states;
             }
         }
+        metrics.in_flight.set(0);
+        metrics.batch_seconds.observe(batch_started.elapsed().as_secs_f64());
+        metrics
+            .state_keys
+            .set(tasks.lock().unwrap_or_else(|p| p.into_inner()).values().map(|t| t.states.len() as i64).sum());
         // 4. Group offsets, for lag monitoring only (the checkpoint is the truth).
         let mut tpl = TopicPartitionList::new();
         for m in &batch {

@@ -99,35 +99,6 @@ pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
-async fn serve_metrics(addr: SocketAddr, stats: Arc<Stats>) -> anyhow::Result<()> {
-    use axum::routing::get;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("--metrics-addr {addr}: cannot listen: {e}"))?;
-    let app = axum::Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let stats = stats.clone();
-                async move {
-                    let mut buf = String::new();
-                    // Encoding gathered metric families into a String cannot fail.
-                    prometheus::TextEncoder::new()
-                        .encode_utf8(&stats.registry().gather(), &mut buf)
-                        .expect("text encoding");
-                    buf
-                }
-            }),
-        )
-        .route("/health", get(|| async { "ok" }));
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "metrics server stopped");
-        }
-    });
-    Ok(())
-}
-
 fn progress(stats: Arc<Stats>, target: Option<u64>, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<()> {
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tokio::spawn(async move {
@@ -186,7 +157,11 @@ pub async fn run(
     let producer: FutureProducer = client_config(&args.kafka, &defaults)?.create()?;
     let stats = Arc::new(Stats::default());
     if let Some(addr) = args.metrics_addr {
-        serve_metrics(addr, stats.clone()).await?;
+        let ready = Arc::new(AtomicBool::new(true));
+        let health = || async { Ok(()) };
+        keyflow_schemas::metrics::serve(addr, stats.registry().clone(), health, ready)
+            .await
+            .map_err(anyhow::Error::msg)?;
     }
     let (sink, tracker) = Sink::new(producer, codec, args.topics.clone(), stats.clone());
     let stop = Arc::new(AtomicBool::new(false));

@@ -1,5 +1,6 @@
 //! Every Prometheus metric name the project exports, in one place, so
-//! dashboards, alerts and the tests that check them agree with the binaries.
+//! dashboards, alerts and the tests that check them agree with the binaries;
+//! and the small HTTP server that exposes them (`/metrics`, `/health`, `/ready`).
 
 /// Producer: events handed to the Kafka client, by topic and event type.
 pub const PRODUCER_SENT: &str = "keyflow_producer_events_sent_total";
@@ -15,3 +16,98 @@ pub const PRODUCER_DELIVERY_SECONDS: &str = "keyflow_producer_delivery_latency_s
 pub const PRODUCER_QUEUE_FULL: &str = "keyflow_producer_queue_full_waits_total";
 /// Producer: retries of transient schema registry failures.
 pub const PRODUCER_REGISTRY_RETRIES: &str = "keyflow_producer_registry_retries_total";
+
+/// Worker: input records received, by topic.
+pub const WORKER_CONSUMED: &str = "keyflow_worker_consumed_total";
+/// Worker: inputs by outcome (`ok`, `duplicate`, `copy_dropped`, `stale`, `dlq`).
+pub const WORKER_PROCESSED: &str = "keyflow_worker_processed_total";
+/// Worker: records produced, by topic and event type (DLQ records have type `dlq`).
+pub const WORKER_PRODUCED: &str = "keyflow_worker_produced_total";
+/// Worker: time to decide, record and publish one batch.
+pub const WORKER_BATCH_SECONDS: &str = "keyflow_worker_batch_seconds";
+/// Worker: now − `occurred_at` of each applied input.
+pub const WORKER_E2E_LATENCY_SECONDS: &str = "keyflow_worker_end_to_end_latency_seconds";
+/// Worker: changelog commits (one per task batch).
+pub const WORKER_CHECKPOINTS: &str = "keyflow_worker_checkpoints_total";
+/// Worker: outbox records re-published after a restore.
+pub const WORKER_REPUBLISHED: &str = "keyflow_worker_outbox_republished_total";
+/// Worker: rebalance events, by kind (`assign`, `revoke`).
+pub const WORKER_REBALANCES: &str = "keyflow_worker_rebalances_total";
+/// Worker: partitions (tasks) currently assigned.
+pub const WORKER_ASSIGNED: &str = "keyflow_worker_assigned_partitions";
+/// Worker: consumer lag per input partition (from librdkafka statistics).
+pub const WORKER_LAG: &str = "keyflow_worker_consumer_lag";
+/// Worker: keys held in state.
+pub const WORKER_STATE_KEYS: &str = "keyflow_worker_state_keys";
+/// Worker: changelog records read by restores.
+pub const WORKER_RESTORE_RECORDS: &str = "keyflow_worker_restore_records_total";
+/// Worker: duration of one task restore.
+pub const WORKER_RESTORE_SECONDS: &str = "keyflow_worker_restore_seconds";
+/// Worker: inputs of the batch being processed.
+pub const WORKER_IN_FLIGHT: &str = "keyflow_worker_in_flight";
+/// Worker: 1 once every assigned task is restored and processing.
+pub const WORKER_READY: &str = "keyflow_worker_ready";
+/// Worker: retries of transient failures (registry or broker unreachable).
+pub const WORKER_RETRIES: &str = "keyflow_worker_transient_retries_total";
+
+/// Serves `/metrics` from `registry`, `/health` (200 when `health` says the
+/// broker answers) and `/ready` (200 when `ready` is set) on `addr`.
+pub async fn serve<H, F>(
+    addr: std::net::SocketAddr,
+    registry: prometheus::Registry,
+    health: H,
+    ready: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Result<(), String>
+where
+    H: Fn() -> F + Clone + Send + Sync + 'static,
+    F: std::future::Future<Output = Result<(), String>> + Send,
+{
+    use axum::http::StatusCode;
+    use axum::routing::get;
+    let listener =
+        tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("--metrics-addr {addr}: cannot listen: {e}"))?;
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let registry = registry.clone();
+                async move {
+                    let mut buf = String::new();
+                    // Encoding gathered metric families into a String cannot fail.
+                    prometheus::TextEncoder::new().encode_utf8(&registry.gather(), &mut buf).expect("text encoding");
+                    buf
+                }
+            }),
+        )
+        .route(
+            "/health",
+            get(move || {
+                let health = health.clone();
+                async move {
+                    match health().await {
+                        Ok(()) => (StatusCode::OK, "ok".to_string()),
+                        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e),
+                    }
+                }
+            }),
+        )
+        .route(
+            "/ready",
+            get(move || {
+                let ready = ready.clone();
+                async move {
+                    if ready.load(std::sync::atomic::Ordering::Relaxed) {
+                        (StatusCode::OK, "ready")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "restoring")
+                    }
+                }
+            }),
+        );
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "metrics server stopped");
+        }
+    });
+    Ok(())
+}

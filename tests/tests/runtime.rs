@@ -54,6 +54,16 @@ fn expected(count: u64, seed: u64) -> (BTreeMap<String, Vec<String>>, usize) {
 }
 
 fn spawn_worker(brokers: &str, registry: &str, instance: &str, log: &std::path::Path) -> std::process::Child {
+    spawn_worker_with(brokers, registry, instance, log, &[])
+}
+
+fn spawn_worker_with(
+    brokers: &str,
+    registry: &str,
+    instance: &str,
+    log: &std::path::Path,
+    extra: &[&str],
+) -> std::process::Child {
     let f = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
     std::process::Command::new(bin("worker"))
         .args([
@@ -71,6 +81,7 @@ fn spawn_worker(brokers: &str, registry: &str, instance: &str, log: &std::path::
             "--max-in-flight",
             "4",
         ])
+        .args(extra)
         .stdout(std::process::Stdio::null())
         .stderr(f)
         .spawn()
@@ -133,7 +144,8 @@ async fn sigterm_under_load_exits_0_within_10_s_and_a_restart_reprocesses_nothin
     let want_total: usize = want.values().map(Vec::len).sum();
     let codec = Codec::new(&RegistryConfig::new(&registry)).unwrap();
     let log = dir.path().join("worker.log");
-    let mut w = spawn_worker(&brokers, &registry, "a", &log);
+    let addr = format!("127.0.0.1:{}", keyflow_e2e::free_port());
+    let mut w = spawn_worker_with(&brokers, &registry, "a", &log, &["--metrics-addr", &addr]);
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -142,6 +154,29 @@ async fn sigterm_under_load_exits_0_within_10_s_and_a_restart_reprocesses_nothin
             break;
         }
     }
+    // Observability while it works: ready after restore, health asks the broker, metrics move.
+    let get = |path: &str| {
+        let url = format!("http://{addr}{path}");
+        let log = log.clone();
+        async move {
+            match reqwest::get(&url).await {
+                Ok(r) => (r.status().as_u16(), r.text().await.unwrap()),
+                Err(e) => panic!("{url}: {e:?}; worker log:\n{}", std::fs::read_to_string(&log).unwrap_or_default()),
+            }
+        }
+    };
+    assert_eq!(get("/ready").await.0, 200);
+    assert_eq!(get("/health").await.0, 200);
+    let (_, metrics) = get("/metrics").await;
+    for name in [
+        keyflow_schemas::metrics::WORKER_PROCESSED,
+        keyflow_schemas::metrics::WORKER_PRODUCED,
+        keyflow_schemas::metrics::WORKER_CHECKPOINTS,
+        keyflow_schemas::metrics::WORKER_E2E_LATENCY_SECONDS,
+    ] {
+        assert!(metrics.contains(name), "{name} not exported:\n{metrics}");
+    }
+    assert!(metrics.contains(r#"outcome="ok""#) && metrics.contains(r#"worker="counter""#), "{metrics}");
     let term = Instant::now();
     assert!(std::process::Command::new("kill").args(["-TERM", &w.id().to_string()]).status().unwrap().success());
     let status = loop {

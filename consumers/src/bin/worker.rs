@@ -1,11 +1,13 @@
 //! `worker <name>`: runs one of the pipeline's workers as a consumer-group
 //! member.
 
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
 use keyflow_consumers::counter::Counter;
+use keyflow_consumers::metrics::WorkerMetrics;
 use keyflow_consumers::preflight;
 use keyflow_consumers::runtime::{self, RuntimeConfig};
 use keyflow_consumers::workers::WorkerKind;
@@ -42,6 +44,9 @@ struct Args {
     /// Input records larger than this go to the DLQ (class `oversized`).
     #[arg(long, default_value_t = 1024 * 1024)]
     max_record_bytes: usize,
+    /// Serve /metrics, /health and /ready here (e.g. 0.0.0.0:9400).
+    #[arg(long, env = "WORKER_METRICS_ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
     /// Test worker only: simulated dependency latency per record.
     #[arg(long, value_parser = parse_duration, default_value = "0ms", hide = true)]
     delay: Duration,
@@ -65,10 +70,28 @@ async fn run(args: Args) -> anyhow::Result<()> {
         instance_id: args.instance_id.clone(),
         max_record_bytes: args.max_record_bytes,
     };
+    let metrics = WorkerMetrics::new(name);
+    let ready = Arc::new(AtomicBool::new(false));
+    if let Some(addr) = args.metrics_addr {
+        let kafka = args.kafka.clone();
+        // /health asks the broker for metadata: a real request, not a socket check.
+        let health = move || {
+            let kafka = kafka.clone();
+            async move {
+                tokio::task::spawn_blocking(move || keyflow_schemas::kafka::list_topics(&kafka, Duration::from_secs(3)))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+        };
+        keyflow_schemas::metrics::serve(addr, metrics.registry.clone(), health, ready.clone())
+            .await
+            .map_err(anyhow::Error::msg)?;
+    }
+    let shutdown = keyflow_schemas::process::shutdown_signal();
     match args.worker {
-        WorkerKind::Counter => {
-            runtime::run(Counter { delay: args.delay }, cfg, codec, keyflow_schemas::process::shutdown_signal()).await
-        }
+        WorkerKind::Counter => runtime::run(Counter { delay: args.delay }, cfg, codec, metrics, ready, shutdown).await,
         other => anyhow::bail!("worker {}: its business rules are not built yet (issue #6)", other.name()),
     }
 }

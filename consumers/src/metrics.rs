@@ -1,0 +1,118 @@
+//! The worker's Prometheus metrics. Names come from
+//! `keyflow_schemas::metrics`, the one place that defines them; every metric
+//! carries the worker's name as a constant label.
+
+use keyflow_schemas::metrics as n;
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+/// The worker's metrics and their registry.
+#[derive(Clone)]
+pub struct WorkerMetrics {
+    pub registry: Registry,
+    pub consumed: IntCounterVec,
+    pub processed: IntCounterVec,
+    pub produced: IntCounterVec,
+    pub batch_seconds: Histogram,
+    pub e2e_latency: Histogram,
+    pub checkpoints: IntCounter,
+    pub republished: IntCounter,
+    pub rebalances: IntCounterVec,
+    pub assigned: IntGauge,
+    pub lag: IntGaugeVec,
+    pub state_keys: IntGauge,
+    pub restore_records: IntCounter,
+    pub restore_seconds: Histogram,
+    pub in_flight: IntGauge,
+    pub ready: IntGauge,
+    pub retries: IntCounterVec,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+
+impl WorkerMetrics {
+    /// Metrics labelled `worker=<name>`.
+    pub fn new(worker: &str) -> Self {
+        let registry = Registry::new_custom(None, Some([("worker".to_string(), worker.to_string())].into()))
+            .expect("valid constant label");
+        // Names and label sets are static and valid; registering them cannot fail.
+        fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
+            r.register(Box::new(c.clone())).expect("unique metric");
+            c
+        }
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            reg(&registry, IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
+        };
+        let counter = |name: &str, help: &str| reg(&registry, IntCounter::new(name, help).expect("valid metric"));
+        let gauge = |name: &str, help: &str| reg(&registry, IntGauge::new(name, help).expect("valid metric"));
+        let histogram = |name: &str, help: &str| {
+            reg(
+                &registry,
+                Histogram::with_opts(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()))
+                    .expect("valid metric"),
+            )
+        };
+        Self {
+            consumed: counter_vec(n::WORKER_CONSUMED, "Input records received.", &["topic"]),
+            processed: counter_vec(n::WORKER_PROCESSED, "Inputs by outcome.", &["outcome"]),
+            produced: counter_vec(n::WORKER_PRODUCED, "Records produced.", &["topic", "type"]),
+            batch_seconds: histogram(n::WORKER_BATCH_SECONDS, "Time to decide, record and publish a batch."),
+            e2e_latency: histogram(n::WORKER_E2E_LATENCY_SECONDS, "now - occurred_at of applied inputs."),
+            checkpoints: counter(n::WORKER_CHECKPOINTS, "Changelog commits."),
+            republished: counter(n::WORKER_REPUBLISHED, "Outbox records re-published after a restore."),
+            rebalances: counter_vec(n::WORKER_REBALANCES, "Rebalance events.", &["kind"]),
+            assigned: gauge(n::WORKER_ASSIGNED, "Partitions (tasks) assigned."),
+            lag: reg(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(n::WORKER_LAG, "Consumer lag per input partition."),
+                    &["topic", "partition"],
+                )
+                .expect("valid metric"),
+            ),
+            state_keys: gauge(n::WORKER_STATE_KEYS, "Keys held in state."),
+            restore_records: counter(n::WORKER_RESTORE_RECORDS, "Changelog records read by restores."),
+            restore_seconds: histogram(n::WORKER_RESTORE_SECONDS, "Duration of a task restore."),
+            in_flight: gauge(n::WORKER_IN_FLIGHT, "Inputs of the batch being processed."),
+            ready: gauge(n::WORKER_READY, "1 once every assigned task is restored."),
+            retries: counter_vec(n::WORKER_RETRIES, "Retries of transient failures.", &["cause"]),
+            registry,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_worker_metric_is_registered_under_its_shared_name() {
+        let m = WorkerMetrics::new("payment");
+        m.consumed.with_label_values(&["orders"]).inc();
+        m.processed.with_label_values(&["ok"]).inc();
+        m.produced.with_label_values(&["payments", "PaymentAuthorized"]).inc();
+        m.lag.with_label_values(&["orders", "0"]).set(3);
+        m.rebalances.with_label_values(&["assign"]).inc();
+        m.retries.with_label_values(&["registry"]).inc();
+        let names: Vec<String> = m.registry.gather().iter().map(|f| f.name().to_string()).collect();
+        for want in [
+            n::WORKER_CONSUMED,
+            n::WORKER_PROCESSED,
+            n::WORKER_PRODUCED,
+            n::WORKER_BATCH_SECONDS,
+            n::WORKER_E2E_LATENCY_SECONDS,
+            n::WORKER_CHECKPOINTS,
+            n::WORKER_REPUBLISHED,
+            n::WORKER_REBALANCES,
+            n::WORKER_ASSIGNED,
+            n::WORKER_LAG,
+            n::WORKER_STATE_KEYS,
+            n::WORKER_RESTORE_RECORDS,
+            n::WORKER_RESTORE_SECONDS,
+            n::WORKER_IN_FLIGHT,
+            n::WORKER_READY,
+            n::WORKER_RETRIES,
+        ] {
+            assert!(names.iter().any(|n| n == want), "{want} missing");
+        }
+    }
+}
