@@ -325,6 +325,29 @@ async fn send_all(producer: &FutureProducer, records: &[Outgoing<'_>]) -> anyhow
     Ok(())
 }
 
+/// Encodes an output, retrying a registry outage with capped exponential
+/// backoff (the batch, and so the partition, waits); other errors are fatal.
+async fn encode_with_retry(
+    codec: &Codec,
+    topic: &str,
+    event: &AnyEvent,
+    metrics: &WorkerMetrics,
+) -> anyhow::Result<Vec<u8>> {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match codec.encode_any(topic, event).await {
+            Ok(v) => return Ok(v),
+            Err(e) if e.is_transient() => {
+                metrics.retries.with_label_values(&["registry"]).inc();
+                tracing::warn!(error = %e, retry_in = ?delay, "registry unavailable while encoding; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+            Err(e) => return Err(anyhow::anyhow!("encoding {} for {topic}: {e}", event.record_name())),
+        }
+    }
+}
+
 /// Runs `worker` until `shutdown` completes.
 pub async fn run<W: Worker>(
     worker: W,
@@ -424,7 +447,7 @@ pub async fn run<W: Worker>(
             let result = process_batch(&worker, &runner, &mut states, inputs, cfg.dedupe_retention_ms).await;
             for o in &result.outputs {
                 let topic = cfg.names.get(o.event.default_topic());
-                let value = codec.encode_any(&topic, &o.event).await?;
+                let value = encode_with_retry(&codec, &topic, &o.event, &metrics).await?;
                 let mut headers = vec![];
                 if let Some(t) = &o.traceparent {
                     headers.push(("traceparent".to_string(), t.as_bytes().to_vec()));

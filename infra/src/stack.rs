@@ -54,8 +54,9 @@ pub async fn init(
 /// The running embedded stack.
 pub struct Stack {
     broker: Broker,
-    registry_stop: oneshot::Sender<()>,
-    registry_task: JoinHandle<std::io::Result<()>>,
+    registry_stop: Option<oneshot::Sender<()>>,
+    registry_task: Option<JoinHandle<std::io::Result<()>>>,
+    registry_port: u16,
     pub kafka: KafkaArgs,
     pub registry: RegistryArgs,
     pub report: InitReport,
@@ -104,7 +105,16 @@ impl Stack {
                 return Err(e);
             }
         };
-        Ok(Stack { broker, registry_stop, registry_task, kafka, registry, report, data_dir: opts.data_dir.clone() })
+        Ok(Stack {
+            broker,
+            registry_stop: Some(registry_stop),
+            registry_task: Some(registry_task),
+            registry_port: opts.registry_port,
+            kafka,
+            registry,
+            report,
+            data_dir: opts.data_dir.clone(),
+        })
     }
 
     /// The broker's port on localhost.
@@ -117,10 +127,27 @@ impl Stack {
         &self.broker.log
     }
 
+    /// Stops the schema registry (outage drills); [`Stack::start_registry`] brings it back.
+    pub async fn stop_registry(&mut self) {
+        if let Some(stop) = self.registry_stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.registry_task.take() {
+            let _ = task.await;
+        }
+    }
+
+    /// Starts the schema registry again on its port, from its durable log.
+    pub async fn start_registry(&mut self) -> anyhow::Result<()> {
+        let (_, stop, task) = start_registry(&self.data_dir.join("registry"), self.registry_port).await?;
+        self.registry_stop = Some(stop);
+        self.registry_task = Some(task);
+        Ok(())
+    }
+
     /// Stops the registry and the broker.
-    pub async fn down(self) {
-        let _ = self.registry_stop.send(());
-        let _ = self.registry_task.await;
+    pub async fn down(mut self) {
+        self.stop_registry().await;
         self.broker.stop().await;
     }
 }

@@ -417,3 +417,54 @@ async fn six_kinds_of_poison_land_in_the_dlq_with_headers_while_good_records_flo
     }
     stack.down().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_30_s_registry_outage_sends_no_good_record_to_the_dlq_and_processing_resumes_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let count = 3_000u64;
+    let mut stack = stack_with_orders(dir.path(), count).await;
+    let (brokers, registry) = (stack.kafka.brokers.clone(), stack.registry.registry.clone());
+    let codec = Codec::new(&RegistryConfig::new(&registry)).unwrap();
+    let (want, poison) = expected(count, 3);
+    let want_total: usize = want.values().map(Vec::len).sum();
+    let log = dir.path().join("worker.log");
+    let mut w = spawn_worker(&brokers, &registry, "a", &log);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while outputs(&stack, &codec).await.0.is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // Outage: the registry goes away, and the worker restarts with nothing cached.
+    stack.stop_registry().await;
+    w.kill().unwrap();
+    w.wait().unwrap();
+    let mut w = spawn_worker(&brokers, &registry, "a", &log);
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let dlq_during = read_raw(&stack.kafka, "counter.dlq", usize::MAX).await.unwrap();
+    assert!(
+        dlq_during.iter().all(|r| r
+            .headers
+            .iter()
+            .any(|(k, v)| k == "error.class" && v.as_deref() == Some(b"contract_violation".as_slice()))),
+        "only real poison in the DLQ during the outage"
+    );
+    assert!(w.try_wait().unwrap().is_none(), "the worker keeps retrying instead of exiting");
+    stack.start_registry().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut ids = HashSet::new();
+    while ids.len() < want_total && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        ids = outputs(&stack, &codec).await.0;
+    }
+    let _ = w.kill();
+    let _ = w.wait();
+    let logs = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(ids.len(), want_total, "processing resumed by itself");
+    assert!(logs.contains("registry unavailable"), "the outage is visible in the logs");
+    let dlq = read_raw(&stack.kafka, "counter.dlq", usize::MAX).await.unwrap();
+    let offsets: HashSet<_> = dlq
+        .iter()
+        .map(|r| r.headers.iter().filter(|(k, _)| k.starts_with("source.")).cloned().collect::<Vec<_>>())
+        .collect();
+    assert_eq!(offsets.len(), poison, "no good record in the DLQ");
+    stack.down().await;
+}
