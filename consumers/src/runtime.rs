@@ -104,6 +104,16 @@ where
                 self.metrics.ready.set(0);
                 self.metrics.rebalances.with_label_values(&["assign"]).inc();
                 let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                // A join task needs partition p of every input: never process half a task.
+                let mut per_topic: BTreeMap<String, std::collections::BTreeSet<i32>> = BTreeMap::new();
+                for e in tpl.elements() {
+                    per_topic.entry(e.topic().to_string()).or_default().insert(e.partition());
+                }
+                let sets: Vec<_> = per_topic.values().collect();
+                if per_topic.len() != self.cfg.inputs.len() || sets.windows(2).any(|w| w[0] != w[1]) {
+                    tracing::error!(worker = self.worker, assignment = ?per_topic, "assignment is not co-partitioned (use the range assignor); exiting");
+                    std::process::exit(70);
+                }
                 let mut with_offsets = TopicPartitionList::new();
                 let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
                 for p in partitions.iter().copied().collect::<std::collections::BTreeSet<_>>() {
