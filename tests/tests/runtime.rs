@@ -233,36 +233,9 @@ async fn sigterm_under_load_exits_0_within_10_s_and_a_restart_reprocesses_nothin
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_mid_run_loses_nothing_duplicates_nothing_and_keeps_per_key_order() {
     let dir = tempfile::tempdir().unwrap();
-    let stack = start(&options(dir.path(), 3)).await;
-    keyflow_infra::kafka::create_topics(&stack.kafka, &[spec("counter-state", 3), spec("counter.dlq", 1)], None)
-        .await
-        .unwrap();
-    let (brokers, registry) = (stack.kafka.brokers.clone(), stack.registry.registry.clone());
     let count = 20_000u64;
-    let out = run(
-        "producer",
-        &[
-            "orders",
-            "-b",
-            &brokers,
-            "--registry",
-            &registry,
-            "--rate",
-            "0",
-            "--count",
-            &count.to_string(),
-            "--seed",
-            "3",
-            "--start-time",
-            &START.to_string(),
-            "--event-step-ms",
-            "1",
-            "--customers",
-            "300",
-        ],
-    )
-    .await;
-    assert!(out.status.success(), "{}", text(&out).1);
+    let stack = stack_with_orders(dir.path(), count).await;
+    let (brokers, registry) = (stack.kafka.brokers.clone(), stack.registry.registry.clone());
     let (want, poison) = expected(count, 3);
     let want_total: usize = want.values().map(Vec::len).sum();
 
