@@ -87,35 +87,6 @@ async fn raw_round(stack: &Stack, topic: &str, payloads: &[(String, Vec<u8>)]) -
     payloads.len() as f64 / start.elapsed().as_secs_f64()
 }
 
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-    format!("{cores} cores, {cpu}")
-}
-
-/// Replaces (or appends) the section between `<!-- name -->` markers.
-pub fn write_section(name: &str, body: &str) {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../BENCHMARKS.md");
-    let mut text = std::fs::read_to_string(&path).unwrap_or_else(|_| {
-        "# Benchmarks\n\nFigures from `cargo bench`; each ratio is measured against a baseline in the same run.\n"
-            .into()
-    });
-    let (open, close) = (format!("<!-- {name} -->"), format!("<!-- /{name} -->"));
-    let section = format!("{open}\n{body}\n{close}");
-    match (text.find(&open), text.find(&close)) {
-        (Some(a), Some(b)) => text.replace_range(a..b + close.len(), &section),
-        _ => text = format!("{}\n{section}\n", text.trim_end()),
-    }
-    std::fs::write(&path, text).unwrap();
-}
-
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     let count = env("BENCH_COUNT", 100_000);
@@ -200,7 +171,7 @@ async fn main() {
          release build; both sides time until the last acknowledgement and send the same key, payload and header bytes; embedded Tansu broker (SQLite) on localhost, 6 partitions, idempotent producer, acks=all, lz4, \
          {avg_bytes} B average payload. Machine: {}.\n\n\
          | round | our producer (Avro via registry) events/s | bare rdkafka, same bytes, events/s | ratio |\n|---|---|---|---|\n",
-        machine()
+        keyflow_e2e::bench::machine()
     );
     for (i, (a, b)) in rows.iter().enumerate() {
         body += &format!("| {i} | {a:.0} | {b:.0} | {:.3} |\n", a / b);
@@ -216,6 +187,6 @@ async fn main() {
         }
         None => body += "Pacing: run too short to judge.\n",
     }
-    write_section("producer-throughput", &body);
+    keyflow_e2e::bench::write_section("producer-throughput", &body);
     println!("{body}");
 }

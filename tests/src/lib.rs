@@ -59,3 +59,35 @@ pub async fn run(name: &str, args: &[&str]) -> Output {
 pub fn text(o: &Output) -> (String, String) {
     (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
 }
+
+/// Helpers the benchmarks share: machine description and BENCHMARKS.md sections.
+pub mod bench {
+    pub fn machine() -> String {
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|c| {
+                c.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+            })
+            .unwrap_or_else(|| "unknown CPU".into());
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+        format!("{cores} cores, {cpu}")
+    }
+
+    /// Replaces (or appends) the section between `<!-- name -->` markers.
+    pub fn write_section(name: &str, body: &str) {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../BENCHMARKS.md");
+        let mut text = std::fs::read_to_string(&path).unwrap_or_else(|_| {
+            "# Benchmarks\n\nFigures from `cargo bench`; each ratio is measured against a baseline in the same run.\n"
+                .into()
+        });
+        let (open, close) = (format!("<!-- {name} -->"), format!("<!-- /{name} -->"));
+        let section = format!("{open}\n{body}\n{close}");
+        match (text.find(&open), text.find(&close)) {
+            (Some(a), Some(b)) => text.replace_range(a..b + close.len(), &section),
+            _ => text = format!("{}\n{section}\n", text.trim_end()),
+        }
+        std::fs::write(&path, text).unwrap();
+    }
+}

@@ -1,0 +1,141 @@
+//! Benchmark: the worker runtime's key-parallel processing ÷ partition-
+//! sequential processing of the same worker, on 1 partition, ~10k keys,
+//! 10k records, 5 ms simulated I/O per record (`worker counter --delay 5ms`),
+//! with `--max-in-flight 1` as the sequential baseline. Both runs use the
+//! real runtime (changelog, outbox, acks) on the embedded broker; the rate is
+//! measured between the first and the last output, so group join and
+//! restore are left out.
+//!
+//! Run: `cargo bench -p keyflow-e2e --bench runtime_throughput`
+//! (`BENCH_RECORDS`, `BENCH_IN_FLIGHT` change the sizes). Writes its section
+//! of BENCHMARKS.md.
+
+use std::time::{Duration, Instant};
+
+use keyflow_infra::stack::{Stack, StackOptions};
+use keyflow_schemas::topics::TopicSpec;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn bin(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().and_then(|d| d.parent()).unwrap().join(name)
+}
+
+fn outputs(stack: &Stack) -> i64 {
+    let c: BaseConsumer =
+        keyflow_schemas::kafka::client_config(&stack.kafka, &[("group.id", "bench")]).unwrap().create().unwrap();
+    let (lo, hi) = c.fetch_watermarks("loyalty", 0, Duration::from_secs(10)).unwrap();
+    hi - lo
+}
+
+/// Outputs per second of one worker run over `records` inputs.
+async fn run(records: u64, in_flight: u64) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let port = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let opts = StackOptions {
+        data_dir: dir.path().into(),
+        broker_port: port(),
+        registry_port: port(),
+        partitions: 1,
+        install: true,
+    };
+    let stack = Stack::up(&opts).await.expect("stack");
+    let specs: Vec<TopicSpec> = ["counter-state", "counter.dlq"]
+        .iter()
+        .map(|n| TopicSpec {
+            name: n.to_string(),
+            partitions: 1,
+            replication_factor: 1,
+            config: Default::default(),
+            family: None,
+            events: vec![],
+        })
+        .collect();
+    keyflow_infra::kafka::create_topics(&stack.kafka, &specs, None).await.unwrap();
+    let out = std::process::Command::new(bin("producer"))
+        .args([
+            "orders",
+            "-b",
+            &stack.kafka.brokers,
+            "--registry",
+            &stack.registry.registry,
+            "--rate",
+            "0",
+            "--count",
+            &records.to_string(),
+            "--seed",
+            "11",
+            "--customers",
+            "100000000",
+            "--invalid-amount-rate",
+            "0",
+            "--resend-rate",
+            "0",
+            "--cancel-rate",
+            "0",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut worker = std::process::Command::new(bin("worker"))
+        .args([
+            "counter",
+            "-b",
+            &stack.kafka.brokers,
+            "--registry",
+            &stack.registry.registry,
+            "--delay",
+            "5ms",
+            "--max-in-flight",
+            &in_flight.to_string(),
+            "--max-batch",
+            "500",
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(900);
+    let (mut t0, mut n0) = (None, 0);
+    let mut n = 0;
+    while (n as u64) < records && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        n = outputs(&stack);
+        if t0.is_none() && n > 0 {
+            t0 = Some(Instant::now());
+            n0 = n;
+        }
+    }
+    let elapsed = t0.expect("outputs appeared").elapsed().as_secs_f64();
+    let _ = worker.kill();
+    let _ = worker.wait();
+    stack.down().await;
+    assert_eq!(n as u64, records, "every record processed");
+    (n - n0) as f64 / elapsed
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let records = env("BENCH_RECORDS", 10_000);
+    let in_flight = env("BENCH_IN_FLIGHT", 256);
+    let sequential = run(records, 1).await;
+    eprintln!("sequential: {sequential:.0} records/s");
+    let parallel = run(records, in_flight).await;
+    eprintln!("key-parallel: {parallel:.0} records/s");
+    let ratio = parallel / sequential;
+    let body = format!(
+        "## Runtime: key-parallel ÷ partition-sequential\n\n\
+         `cargo bench -p keyflow-e2e --bench runtime_throughput` (BENCH_RECORDS={records}, BENCH_IN_FLIGHT={in_flight}), \
+         release build on {}, `worker counter --delay 5ms` (5 ms simulated I/O per record) on 1 partition, ~{records} distinct keys, \
+         the full effectively-once path (changelog commit, outbox publish, marker) per batch of ≤ 500, embedded Tansu. \
+         Rates are measured from the first to the last output.\n\n\
+         | mode | records/s |\n|---|---|\n| partition-sequential (`--max-in-flight 1`) | {sequential:.0} |\n\
+         | key-parallel (`--max-in-flight {in_flight}`) | {parallel:.0} |\n\n**Ratio: {ratio:.1}×** (target ≥ 25×).\n",
+        keyflow_e2e::bench::machine()
+    );
+    keyflow_e2e::bench::write_section("runtime-key-parallel", &body);
+    println!("{body}");
+}
