@@ -31,7 +31,8 @@ use serde::{Deserialize, Serialize};
 pub struct OutboxRecord {
     pub topic: String,
     pub key: String,
-    /// Confluent wire-format bytes.
+    /// Confluent wire-format bytes (hex in the changelog's JSON).
+    #[serde(with = "hex")]
     pub value: Vec<u8>,
     pub headers: Vec<(String, Vec<u8>)>,
 }
@@ -42,12 +43,43 @@ pub struct OutboxRecord {
 pub enum Entry {
     /// A key's new state (JSON of the worker's state type), pending its commit.
     State { key: String, state: serde_json::Value },
-    /// A decided batch.
-    Commit { batch: u64, checkpoint: BTreeMap<String, i64>, outbox: Vec<OutboxRecord> },
+    /// A decided batch; `states` carries its state changes when they fit in
+    /// one record (otherwise they precede it as [`Entry::State`] records).
+    Commit {
+        batch: u64,
+        checkpoint: BTreeMap<String, i64>,
+        outbox: Vec<OutboxRecord>,
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        states: BTreeMap<String, serde_json::Value>,
+    },
     /// The batch's outbox was produced and acknowledged.
     Published { batch: u64 },
     /// Every key's state as of `batch` (which was committed and published).
     Snapshot { batch: u64, checkpoint: BTreeMap<String, i64>, states: BTreeMap<String, serde_json::Value> },
+}
+
+/// Bytes as a hex string: half the size of a JSON array of numbers.
+mod hex {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        let mut out = String::with_capacity(bytes.len() * 2);
+        for b in bytes {
+            out.push_str(&format!("{b:02x}"));
+        }
+        s.serialize_str(&out)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.len() % 2 != 0 {
+            return Err(serde::de::Error::custom("odd-length hex"));
+        }
+        (0..text.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).map_err(serde::de::Error::custom))
+            .collect()
+    }
 }
 
 /// What a restore yields.
@@ -72,8 +104,9 @@ pub fn restore(entries: impl IntoIterator<Item = Entry>) -> Restored {
     for e in entries {
         match e {
             Entry::State { key, state } => pending.push((key, state)),
-            Entry::Commit { batch, checkpoint, outbox } => {
+            Entry::Commit { batch, checkpoint, outbox, states } => {
                 r.states.extend(pending.drain(..));
+                r.states.extend(states);
                 r.checkpoint.extend(checkpoint);
                 r.last_batch = batch;
                 if !outbox.is_empty() {
@@ -104,7 +137,28 @@ mod tests {
     }
 
     fn commit(batch: u64, offset: i64, outbox: Vec<OutboxRecord>) -> Entry {
-        Entry::Commit { batch, checkpoint: BTreeMap::from([("orders/0".into(), offset)]), outbox }
+        Entry::Commit {
+            batch,
+            checkpoint: BTreeMap::from([("orders/0".into(), offset)]),
+            outbox,
+            states: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn states_inside_the_commit_apply_with_it_and_bytes_round_trip_as_hex() {
+        let c = Entry::Commit {
+            batch: 1,
+            checkpoint: BTreeMap::from([("orders/0".into(), 5)]),
+            outbox: vec![out(0xab)],
+            states: BTreeMap::from([("a".into(), json!(3))]),
+        };
+        let text = serde_json::to_string(&c).unwrap();
+        assert!(text.contains("\"0000000001ab\""), "{text}");
+        let back: Entry = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, c);
+        let r = restore([state("a", 1), back]);
+        assert_eq!(r.states["a"], json!(3), "the commit's own states come after pending ones");
     }
 
     fn state(key: &str, v: i64) -> Entry {

@@ -52,6 +52,9 @@ pub struct RuntimeConfig {
     pub max_record_bytes: usize,
 }
 
+/// A batch's commit record carries its state changes when it stays below this.
+const MAX_COMMIT_BYTES: usize = 512 * 1024;
+
 /// How much of an oversized record's value the DLQ keeps.
 pub const DLQ_OVERSIZED_KEEP_BYTES: usize = 64 * 1024;
 
@@ -486,13 +489,25 @@ pub async fn run<W: Worker>(
                 .map(|o| if o.topic == dlq_name { "dlq" } else { output_types.next().unwrap_or("unknown") })
                 .collect();
             // 1. Record the decision.
-            let mut log = Vec::with_capacity(result.changed.len() + 1);
+            // One record per batch when it fits; otherwise one state record per key first.
+            let mut changed = BTreeMap::new();
             for (key, ks) in &result.changed {
-                let entry = Entry::State { key: key.clone(), state: serde_json::to_value(ks)? };
-                log.push(Outgoing::changelog(&state_topic, p, key, &entry)?);
+                changed.insert(key.clone(), serde_json::to_value(ks)?);
             }
-            let commit = Entry::Commit { batch: batch_no, checkpoint, outbox: outbox.clone() };
-            log.push(Outgoing::changelog(&state_topic, p, "__commit", &commit)?);
+            let commit = Entry::Commit { batch: batch_no, checkpoint, outbox: outbox.clone(), states: changed };
+            let mut log = vec![Outgoing::changelog(&state_topic, p, "__commit", &commit)?];
+            if log[0].value.len() > MAX_COMMIT_BYTES {
+                let Entry::Commit { batch, checkpoint, outbox, states: changed } = commit else {
+                    unreachable!("built above")
+                };
+                log.clear();
+                for (key, state) in changed {
+                    // The record key is not used: every changelog record names its partition.
+                    log.push(Outgoing::changelog(&state_topic, p, "__state", &Entry::State { key, state })?);
+                }
+                let bare = Entry::Commit { batch, checkpoint, outbox, states: BTreeMap::new() };
+                log.push(Outgoing::changelog(&state_topic, p, "__commit", &bare)?);
+            }
             send_all(&producer, &log).await?;
             // 2. Publish it.
             let out: Vec<Outgoing<'_>> = outbox.iter().map(Outgoing::outbox).collect();
@@ -501,9 +516,16 @@ pub async fn run<W: Worker>(
                 metrics.produced.with_label_values(&[o.topic.as_str(), ty]).inc();
             }
             metrics.checkpoints.inc();
-            // 3. Mark it published.
+            // 3. Mark it published, without waiting for the ack: a lost marker only
+            // makes a restore re-publish this outbox byte for byte (copies consumers
+            // drop), and the idempotent producer keeps it ahead of the next batch's
+            // changelog records. Saves one broker round trip per batch.
             let marker = Entry::Published { batch: batch_no };
-            send_all(&producer, &[Outgoing::changelog(&state_topic, p, "__published", &marker)?]).await?;
+            let m = Outgoing::changelog(&state_topic, p, "__published", &marker)?;
+            let record = FutureRecord::to(m.topic).partition(p).key(m.key).payload(&m.value);
+            if let Err((e, _)) = producer.send_result(record) {
+                tracing::warn!(error = %e, batch = batch_no, "published marker not queued; a restore will re-publish");
+            }
             if let Some(task) = tasks.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&p) {
                 task.states = states;
             }

@@ -6,7 +6,7 @@
 //! measured between the first and the last output, so group join and
 //! restore are left out.
 //!
-//! Run: `cargo bench -p keyflow-e2e --bench runtime_throughput`
+//! Run: `cargo build --release --bins && cargo bench -p keyflow-e2e --bench runtime_throughput`
 //! (`BENCH_RECORDS`, `BENCH_IN_FLIGHT` change the sizes). Writes its section
 //! of BENCHMARKS.md.
 
@@ -22,7 +22,9 @@ fn env(name: &str, default: u64) -> u64 {
 
 fn bin(name: &str) -> std::path::PathBuf {
     let exe = std::env::current_exe().unwrap();
-    exe.parent().and_then(|d| d.parent()).unwrap().join(name)
+    let path = exe.parent().and_then(|d| d.parent()).unwrap().join(name);
+    assert!(path.is_file(), "{} missing: run `cargo build --release --bins` first", path.display());
+    path
 }
 
 fn outputs(stack: &Stack) -> i64 {
@@ -128,7 +130,7 @@ async fn main() {
     let ratio = parallel / sequential;
     let body = format!(
         "## Runtime: key-parallel ÷ partition-sequential\n\n\
-         `cargo bench -p keyflow-e2e --bench runtime_throughput` (BENCH_RECORDS={records}, BENCH_IN_FLIGHT={in_flight}), \
+         `cargo build --release --bins && cargo bench -p keyflow-e2e --bench runtime_throughput` (BENCH_RECORDS={records}, BENCH_IN_FLIGHT={in_flight}), \
          release build on {}, `worker counter --delay 5ms` (5 ms simulated I/O per record) on 1 partition, ~{records} distinct keys, \
          the full effectively-once path (changelog commit, outbox publish, marker) per batch of ≤ 500, embedded Tansu. \
          Rates are measured from the first to the last output.\n\n\
