@@ -395,12 +395,26 @@ pub async fn run<W: Worker>(
     loop {
         let first = tokio::select! {
             _ = &mut shutdown => break,
-            m = consumer.recv() => m?,
+            m = consumer.recv() => match m {
+                Ok(m) => m,
+                Err(e) => {
+                    // Broker errors surface here (transport failures while a broker
+                    // restarts): librdkafka reconnects by itself, so wait and poll on.
+                    metrics.retries.with_label_values(&["broker"]).inc();
+                    tracing::warn!(error = %e, "consumer error; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            },
         };
         let mut batch = vec![first];
         while batch.len() < cfg.max_batch {
             match tokio::time::timeout(Duration::from_millis(5), consumer.recv()).await {
-                Ok(m) => batch.push(m?),
+                Ok(Ok(m)) => batch.push(m),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "consumer error while gathering a batch");
+                    break;
+                }
                 Err(_) => break,
             }
         }
