@@ -9,7 +9,7 @@ use std::time::Duration;
 use keyflow_schemas::events::*;
 use serde::{Deserialize, Serialize};
 
-use crate::task::{Input, Rejected, Worker};
+use crate::task::{Decision, Input, Rejected, Worker};
 
 /// The counter worker; `delay` simulates a slow dependency per input.
 #[derive(Debug, Clone, Default)]
@@ -30,11 +30,11 @@ impl Worker for Counter {
         "counter"
     }
 
-    async fn handle(&self, state: &mut CounterState, input: &Input) -> Result<Vec<AnyEvent>, Rejected> {
+    async fn handle(&self, state: &mut CounterState, input: &Input) -> Result<Decision, Rejected> {
         if !self.delay.is_zero() {
             tokio::time::sleep(self.delay).await;
         }
-        let AnyEvent::Order(OrderEvent::OrderPlaced(o)) = &input.event else { return Ok(vec![]) };
+        let AnyEvent::Order(OrderEvent::OrderPlaced(o)) = &input.event else { return Ok(Decision::Emit(vec![])) };
         if o.total_minor < 0 {
             return Err(Rejected(format!("order {} has a negative total {}", o.order_id, o.total_minor)));
         }
@@ -46,6 +46,6 @@ impl Worker for Counter {
             points: 1,
             balance: state.count,
         };
-        Ok(vec![LoyaltyEvent::from(out).into()])
+        Ok(vec![LoyaltyEvent::from(out).into()].into())
     }
 }

@@ -30,6 +30,22 @@ pub struct Input {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejected(pub String);
 
+/// What a worker decided for one input.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Applied: the state may have changed and these outputs follow (possibly none).
+    Emit(Vec<AnyEvent>),
+    /// Recognised but not applied (e.g. a stale contract update); counted with
+    /// this reason. The worker must leave the state unchanged.
+    Ignore(&'static str),
+}
+
+impl From<Vec<AnyEvent>> for Decision {
+    fn from(outputs: Vec<AnyEvent>) -> Self {
+        Decision::Emit(outputs)
+    }
+}
+
 /// Business rules: state for one key + one input → new state and outputs.
 /// No Kafka types, no clocks; the same inputs always give the same outputs.
 pub trait Worker: Send + Sync + 'static {
@@ -38,11 +54,13 @@ pub trait Worker: Send + Sync + 'static {
     /// Name: consumer group, changelog `<name>-state`, DLQ `<name>.dlq`.
     fn name(&self) -> &'static str;
     /// Decides one input. Async so a worker can wait on a (simulated) dependency.
-    fn handle(
-        &self,
-        state: &mut Self::State,
-        input: &Input,
-    ) -> impl Future<Output = Result<Vec<AnyEvent>, Rejected>> + Send;
+    fn handle(&self, state: &mut Self::State, input: &Input)
+        -> impl Future<Output = Result<Decision, Rejected>> + Send;
+    /// Work this key's state holds back, waiting for another input (e.g.
+    /// publication requests without an approved contract); exported as a gauge.
+    fn pending(&self, _state: &Self::State) -> usize {
+        0
+    }
 }
 
 /// Remembered ids with their event time, pruned by event-time retention.
@@ -96,6 +114,8 @@ pub enum Outcome {
     CopyDropped,
     /// Offset not above the last one applied on its partition.
     Stale,
+    /// The worker recognised the input but did not apply it (reason).
+    Ignored(&'static str),
     /// Can never be processed.
     Rejected(String),
 }
@@ -108,6 +128,7 @@ impl Outcome {
             Outcome::Duplicate => "duplicate",
             Outcome::CopyDropped => "copy_dropped",
             Outcome::Stale => "stale",
+            Outcome::Ignored(_) => "ignored",
             Outcome::Rejected(_) => "dlq",
         }
     }
@@ -159,7 +180,11 @@ async fn apply<W: Worker>(
     }
     let mut next = ks.state.clone();
     match worker.handle(&mut next, input).await {
-        Ok(outputs) => {
+        Ok(Decision::Ignore(why)) => {
+            ks.event_ids.insert(&meta.event_id, meta.occurred_at);
+            (Outcome::Ignored(why), vec![], true)
+        }
+        Ok(Decision::Emit(outputs)) => {
             ks.state = next;
             ks.event_ids.insert(&meta.event_id, meta.occurred_at);
             ks.idempotency_keys.insert(&meta.idempotency_key, meta.occurred_at);
