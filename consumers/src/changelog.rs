@@ -18,13 +18,25 @@
 //! `Published` marker is re-published on restore — byte-identical records
 //! with the same `event_id`s, which consumers drop as copies.
 //!
-//! Snapshots bound restore time: [`Entry::Snapshot`] carries every key's
-//! state at a commit boundary, so a restore can start at the latest snapshot
-//! instead of the beginning of the changelog.
+//! # Snapshots
+//!
+//! Snapshots bound restore time. A snapshot is every key's state at a batch
+//! boundary (after that batch was published), written as a run of
+//! [`Entry::Snapshot`] parts (each below the record size cap). Every
+//! changelog record carries the header [`SNAPSHOT_HEADER`]: the offset of the
+//! first part of the latest *complete* snapshot (the last part is the first
+//! record to point at it). A restore reads the partition's last record,
+//! follows its pointer and reads from there: it never scans history older
+//! than the latest snapshot. Snapshots met later in a read change nothing
+//! (the commits before them already rebuilt the same state), except that
+//! they prove every batch up to theirs was published.
 
 use std::collections::{BTreeMap, HashMap};
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+
+use crate::task::{KeyDelta, KeyState};
 
 /// An output record waiting to be (re)published.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,10 +53,10 @@ pub struct OutboxRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Entry {
-    /// A key's new state (JSON of the worker's state type), pending its commit.
+    /// A key's change (a [`KeyDelta`] of the worker's state type), pending its commit.
     State { key: String, state: serde_json::Value },
-    /// A decided batch; `states` carries its state changes when they fit in
-    /// one record (otherwise they precede it as [`Entry::State`] records).
+    /// A decided batch; `states` carries its keys' changes ([`KeyDelta`]s) when
+    /// they fit in one record (otherwise they precede it as [`Entry::State`] records).
     Commit {
         batch: u64,
         checkpoint: BTreeMap<String, i64>,
@@ -54,8 +66,65 @@ pub enum Entry {
     },
     /// The batch's outbox was produced and acknowledged.
     Published { batch: u64 },
-    /// Every key's state as of `batch` (which was committed and published).
-    Snapshot { batch: u64, checkpoint: BTreeMap<String, i64>, states: BTreeMap<String, serde_json::Value> },
+    /// Part `part` of `parts` of every key's full state ([`KeyState`]) as of
+    /// `batch` (which was committed and published); the checkpoint is repeated
+    /// in every part.
+    Snapshot {
+        batch: u64,
+        part: u32,
+        parts: u32,
+        checkpoint: BTreeMap<String, i64>,
+        states: BTreeMap<String, serde_json::Value>,
+    },
+}
+
+/// Record header on every changelog record: the offset (decimal) of the first
+/// part of the latest complete snapshot in its partition.
+pub const SNAPSHOT_HEADER: &str = "keyflow.snapshot";
+
+/// Splits a full state into snapshot parts of about `max_part_bytes` of
+/// state each (at least one part, so an empty state is a snapshot too).
+pub fn snapshot_parts(
+    batch: u64,
+    checkpoint: &BTreeMap<String, i64>,
+    states: impl IntoIterator<Item = (String, serde_json::Value)>,
+    max_part_bytes: usize,
+) -> Vec<Entry> {
+    let mut chunks: Vec<BTreeMap<String, serde_json::Value>> = vec![BTreeMap::new()];
+    let mut size = 0;
+    for (key, state) in states {
+        // `"key":value,` in the part's JSON map.
+        let len = key.len() + json_len(&state) + 4;
+        if size > 0 && size + len > max_part_bytes {
+            chunks.push(BTreeMap::new());
+            size = 0;
+        }
+        size += len;
+        chunks.last_mut().expect("never empty").insert(key, state);
+    }
+    let parts = chunks.len() as u32;
+    chunks
+        .into_iter()
+        .enumerate()
+        .map(|(i, states)| Entry::Snapshot { batch, part: i as u32, parts, checkpoint: checkpoint.clone(), states })
+        .collect()
+}
+
+/// Length of a value's compact JSON, measured without allocating the text.
+fn json_len(v: &serde_json::Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    let _ = serde_json::to_writer(&mut c, v);
+    c.0
 }
 
 /// Bytes as a hex string: half the size of a JSON array of numbers.
@@ -83,10 +152,10 @@ mod hex {
 }
 
 /// What a restore yields.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Restored {
+#[derive(Debug, Clone, PartialEq)]
+pub struct Restored<S> {
     /// State per key.
-    pub states: HashMap<String, serde_json::Value>,
+    pub states: HashMap<String, KeyState<S>>,
     /// Next input offset per input partition (`topic/partition` → offset).
     pub checkpoint: BTreeMap<String, i64>,
     /// The last committed batch number (0 when none).
@@ -97,16 +166,61 @@ pub struct Restored {
     pub dropped_tail: usize,
 }
 
-/// Rebuilds a task from its changelog entries (in changelog order).
-pub fn restore(entries: impl IntoIterator<Item = Entry>) -> Restored {
+impl<S> Default for Restored<S> {
+    fn default() -> Self {
+        Self {
+            states: HashMap::new(),
+            checkpoint: BTreeMap::new(),
+            last_batch: 0,
+            unpublished: vec![],
+            dropped_tail: 0,
+        }
+    }
+}
+
+/// A changelog read that cannot be restored from.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("changelog: {0}")]
+pub struct RestoreError(pub String);
+
+/// Rebuilds a task from its changelog entries (in changelog order), read
+/// either from the beginning of the partition or from a snapshot pointer, in
+/// which case the entries must start with that complete snapshot.
+pub fn restore<S: DeserializeOwned + Default + Clone>(
+    entries: impl IntoIterator<Item = Entry>,
+) -> Result<Restored<S>, RestoreError> {
     let mut r = Restored::default();
     let mut pending: Vec<(String, serde_json::Value)> = Vec::new();
-    for e in entries {
+    // The snapshot the read starts with, while its parts are being loaded: (batch, next part, parts).
+    let mut loading: Option<(u64, u32, u32)> = None;
+    for (i, e) in entries.into_iter().enumerate() {
+        if let Some((batch, next, parts)) = loading {
+            if next == parts {
+                loading = None;
+            } else {
+                match e {
+                    Entry::Snapshot { batch: b, part, states, .. } if b == batch && part == next => {
+                        load(&mut r.states, states)?;
+                        loading = Some((batch, next + 1, parts));
+                        continue;
+                    }
+                    other => {
+                        return Err(RestoreError(format!(
+                            "snapshot of batch {batch} is missing part {next} of {parts} (found {})",
+                            other.kind()
+                        )))
+                    }
+                }
+            }
+        }
         match e {
             Entry::State { key, state } => pending.push((key, state)),
             Entry::Commit { batch, checkpoint, outbox, states } => {
-                r.states.extend(pending.drain(..));
-                r.states.extend(states);
+                for (key, delta) in pending.drain(..).chain(states) {
+                    let delta: KeyDelta<S> = serde_json::from_value(delta)
+                        .map_err(|e| RestoreError(format!("state of key '{key}' in batch {batch}: {e}")))?;
+                    r.states.entry(key).or_default().apply_delta(delta);
+                }
                 r.checkpoint.extend(checkpoint);
                 r.last_batch = batch;
                 if !outbox.is_empty() {
@@ -114,23 +228,55 @@ pub fn restore(entries: impl IntoIterator<Item = Entry>) -> Restored {
                 }
             }
             Entry::Published { batch } => r.unpublished.retain(|(b, _)| *b != batch),
-            Entry::Snapshot { batch, checkpoint, states } => {
-                pending.clear();
-                r.states = states.into_iter().collect();
+            Entry::Snapshot { batch, part: 0, parts, checkpoint, states } if i == 0 => {
+                r.states.clear();
+                load(&mut r.states, states)?;
                 r.checkpoint = checkpoint;
                 r.last_batch = batch;
-                r.unpublished.retain(|(b, _)| *b > batch);
+                loading = Some((batch, 1, parts));
             }
+            // A snapshot inside the read: the commits before it rebuilt the same
+            // state (a crash may have cut it short), but it proves that every
+            // batch up to its own was published.
+            Entry::Snapshot { batch, .. } => r.unpublished.retain(|(b, _)| *b > batch),
+        }
+    }
+    if let Some((batch, next, parts)) = loading {
+        if next < parts {
+            return Err(RestoreError(format!("snapshot of batch {batch} ends after part {next} of {parts}")));
         }
     }
     r.dropped_tail = pending.len();
-    r
+    Ok(r)
+}
+
+/// Adds a snapshot part's full key states.
+fn load<S: DeserializeOwned>(
+    into: &mut HashMap<String, KeyState<S>>,
+    states: BTreeMap<String, serde_json::Value>,
+) -> Result<(), RestoreError> {
+    for (key, v) in states {
+        let ks = serde_json::from_value(v).map_err(|e| RestoreError(format!("snapshot state of key '{key}': {e}")))?;
+        into.insert(key, ks);
+    }
+    Ok(())
+}
+
+impl Entry {
+    /// The entry's kind, for messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Entry::State { .. } => "state",
+            Entry::Commit { .. } => "commit",
+            Entry::Published { .. } => "published",
+            Entry::Snapshot { .. } => "snapshot",
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     fn out(v: u8) -> OutboxRecord {
         OutboxRecord { topic: "payments".into(), key: "c".into(), value: vec![0, 0, 0, 0, 1, v], headers: vec![] }
@@ -151,25 +297,45 @@ mod tests {
             batch: 1,
             checkpoint: BTreeMap::from([("orders/0".into(), 5)]),
             outbox: vec![out(0xab)],
-            states: BTreeMap::from([("a".into(), json!(3))]),
+            states: BTreeMap::from([("a".into(), delta(3))]),
         };
         let text = serde_json::to_string(&c).unwrap();
         assert!(text.contains("\"0000000001ab\""), "{text}");
         let back: Entry = serde_json::from_str(&text).unwrap();
         assert_eq!(back, c);
-        let r = restore([state("a", 1), back]);
-        assert_eq!(r.states["a"], json!(3), "the commit's own states come after pending ones");
+        let r = restore::<i64>([state("a", 1), back]).unwrap();
+        assert_eq!(r.states["a"].state, 3, "the commit's own states come after pending ones");
+    }
+
+    /// A key's change that sets its state to `v`.
+    fn delta(v: i64) -> serde_json::Value {
+        serde_json::to_value(KeyDelta {
+            state: v,
+            last_offsets: BTreeMap::new(),
+            max_event_time: 0,
+            horizon: 0,
+            event_ids: vec![],
+            idempotency_keys: vec![],
+        })
+        .unwrap()
+    }
+
+    /// A key's full state `v`, as a snapshot holds it.
+    fn full(v: i64) -> serde_json::Value {
+        serde_json::to_value(KeyState { state: v, ..KeyState::default() }).unwrap()
     }
 
     fn state(key: &str, v: i64) -> Entry {
-        Entry::State { key: key.into(), state: json!(v) }
+        Entry::State { key: key.into(), state: delta(v) }
     }
 
     #[test]
     fn committed_batches_restore_state_and_checkpoint() {
-        let r = restore([state("a", 1), commit(1, 10, vec![]), state("a", 2), state("b", 7), commit(2, 20, vec![])]);
-        assert_eq!(r.states["a"], json!(2));
-        assert_eq!(r.states["b"], json!(7));
+        let r =
+            restore::<i64>([state("a", 1), commit(1, 10, vec![]), state("a", 2), state("b", 7), commit(2, 20, vec![])])
+                .unwrap();
+        assert_eq!(r.states["a"].state, 2);
+        assert_eq!(r.states["b"].state, 7);
         assert_eq!(r.checkpoint["orders/0"], 20);
         assert_eq!(r.last_batch, 2);
         assert!(r.unpublished.is_empty());
@@ -177,8 +343,8 @@ mod tests {
 
     #[test]
     fn state_written_after_the_last_commit_is_an_undecided_batch_and_is_dropped() {
-        let r = restore([state("a", 1), commit(1, 10, vec![]), state("a", 99), state("c", 5)]);
-        assert_eq!(r.states["a"], json!(1));
+        let r = restore::<i64>([state("a", 1), commit(1, 10, vec![]), state("a", 99), state("c", 5)]).unwrap();
+        assert_eq!(r.states["a"].state, 1);
         assert!(!r.states.contains_key("c"));
         assert_eq!(r.checkpoint["orders/0"], 10, "resume where the decided work ends");
         assert_eq!(r.dropped_tail, 2);
@@ -186,33 +352,79 @@ mod tests {
 
     #[test]
     fn a_commit_without_its_published_marker_is_republished_unchanged() {
-        let r = restore([
+        let r = restore::<i64>([
             commit(1, 10, vec![out(1)]),
             Entry::Published { batch: 1 },
             commit(2, 20, vec![out(2), out(3)]),
             commit(3, 30, vec![out(4)]),
             Entry::Published { batch: 3 },
-        ]);
+        ])
+        .unwrap();
         assert_eq!(r.unpublished, vec![(2, vec![out(2), out(3)])]);
     }
 
+    fn snapshot(batch: u64, offset: i64, states: &[(&str, i64)], max_part_bytes: usize) -> Vec<Entry> {
+        snapshot_parts(
+            batch,
+            &BTreeMap::from([("orders/0".into(), offset)]),
+            states.iter().map(|(k, v)| (k.to_string(), full(*v))),
+            max_part_bytes,
+        )
+    }
+
     #[test]
-    fn a_snapshot_replaces_everything_before_it() {
-        let r = restore([
-            state("old", 1),
-            commit(1, 10, vec![out(1)]),
-            Entry::Published { batch: 1 },
-            Entry::Snapshot {
-                batch: 1,
-                checkpoint: BTreeMap::from([("orders/0".into(), 10)]),
-                states: BTreeMap::from([("a".into(), json!(5))]),
-            },
-            state("a", 6),
-            commit(2, 12, vec![out(2)]),
-        ]);
-        assert_eq!(r.states.len(), 1);
-        assert_eq!(r.states["a"], json!(6));
+    fn a_restore_that_starts_at_a_snapshot_loads_all_its_parts_then_the_commits_after_it() {
+        let parts = snapshot(1, 10, &[("a", 5), ("b", 7), ("c", 9)], 1);
+        assert_eq!(parts.len(), 3, "one key per part at this size");
+        let tail = [state("a", 6), commit(2, 12, vec![out(2)])];
+        let r = restore::<i64>(parts.into_iter().chain(tail)).unwrap();
+        assert_eq!(r.states.len(), 3);
+        assert_eq!(r.states["a"].state, 6);
+        assert_eq!(r.states["c"].state, 9);
         assert_eq!(r.checkpoint["orders/0"], 12);
         assert_eq!(r.unpublished, vec![(2, vec![out(2)])]);
+    }
+
+    #[test]
+    fn an_empty_state_is_still_a_one_part_snapshot() {
+        let parts = snapshot(4, 10, &[], 1024);
+        assert_eq!(parts.len(), 1);
+        let r = restore::<i64>(parts).unwrap();
+        assert_eq!((r.last_batch, r.checkpoint["orders/0"]), (4, 10));
+    }
+
+    #[test]
+    fn a_snapshot_cut_short_by_a_crash_inside_a_full_read_changes_nothing() {
+        let mut parts = snapshot(1, 10, &[("a", 1), ("b", 2)], 1);
+        parts.truncate(1);
+        let entries = [state("a", 1), state("b", 2), commit(1, 10, vec![out(1)])]
+            .into_iter()
+            .chain(parts)
+            .chain([commit(2, 11, vec![])]);
+        let r = restore::<i64>(entries).unwrap();
+        assert_eq!(r.states.len(), 2, "the partial snapshot did not drop key b");
+        assert!(r.unpublished.is_empty(), "a snapshot proves batch 1 was published");
+    }
+
+    #[test]
+    fn a_restore_that_starts_at_an_incomplete_snapshot_fails_loudly() {
+        let mut parts = snapshot(1, 10, &[("a", 1), ("b", 2)], 1);
+        parts.truncate(1);
+        let err = restore::<i64>(parts.into_iter().chain([commit(2, 11, vec![])])).unwrap_err();
+        assert!(err.0.contains("missing part 1 of 2"), "{err}");
+    }
+
+    #[test]
+    fn snapshot_parts_stay_near_the_size_limit() {
+        let states: Vec<(String, i64)> = (0..1000).map(|i| (format!("key-{i:04}"), i)).collect();
+        let refs: Vec<(&str, i64)> = states.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        let parts = snapshot(1, 0, &refs, 1000);
+        for p in &parts {
+            let len = serde_json::to_vec(p).unwrap().len();
+            assert!(len < 1000 + 200, "part of {len} bytes");
+        }
+        let Entry::Snapshot { parts: n, .. } = parts[0] else { unreachable!() };
+        assert_eq!(n as usize, parts.len());
+        assert_eq!(restore::<i64>(parts).unwrap().states.len(), 1000);
     }
 }

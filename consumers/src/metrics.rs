@@ -25,9 +25,13 @@ pub struct WorkerMetrics {
     pub in_flight: IntGauge,
     pub ready: IntGauge,
     pub retries: IntCounterVec,
+    pub processing_seconds: Histogram,
+    pub pending: IntGauge,
+    pub snapshots: IntCounter,
 }
 
-const LATENCY_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+const LATENCY_BUCKETS: &[f64] =
+    &[0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 
 impl WorkerMetrics {
     /// Metrics labelled `worker=<name>`.
@@ -75,6 +79,9 @@ impl WorkerMetrics {
             in_flight: gauge(n::WORKER_IN_FLIGHT, "Inputs of the batch being processed."),
             ready: gauge(n::WORKER_READY, "1 once every assigned task is restored."),
             retries: counter_vec(n::WORKER_RETRIES, "Retries of transient failures.", &["cause"]),
+            processing_seconds: histogram(n::WORKER_PROCESSING_SECONDS, "Time to decide one input."),
+            pending: gauge(n::WORKER_PENDING, "Inputs waiting for another input."),
+            snapshots: counter(n::WORKER_SNAPSHOTS, "State snapshots written to the changelog."),
             registry,
         }
     }
@@ -111,6 +118,9 @@ mod tests {
             n::WORKER_IN_FLIGHT,
             n::WORKER_READY,
             n::WORKER_RETRIES,
+            n::WORKER_PROCESSING_SECONDS,
+            n::WORKER_PENDING,
+            n::WORKER_SNAPSHOTS,
         ] {
             assert!(names.iter().any(|n| n == want), "{want} missing");
         }

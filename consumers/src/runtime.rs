@@ -6,16 +6,18 @@
 //! batch the task *records* the decision (state, outbox, checkpoint) in its
 //! changelog partition and waits for the acks, then *publishes* the outbox,
 //! marks it published and commits group offsets (for lag monitoring only).
-//! On assignment a task restores from the changelog, re-publishes an
-//! unpublished outbox byte for byte (same `event_id`s) and resumes from its
-//! checkpoint, never from the group offset. Limit: a crash between publish
-//! and marker leaves byte-identical copies, which consumers drop.
+//! On assignment a task restores from the changelog (starting at its latest
+//! snapshot), re-publishes an unpublished outbox byte for byte (same
+//! `event_id`s) and resumes from its checkpoint, never from the group offset.
+//! Limit: a crash between publish and marker leaves byte-identical copies,
+//! which consumers drop.
 //!
-//! Rebalances use an eager protocol (the range assignor co-partitions joins);
-//! callbacks run inside `recv()`, between batches, so nothing is in flight
-//! when partitions are revoked.
+//! Rebalances: the range assignor (eager) co-partitions joins; a worker with
+//! one input may use cooperative-sticky on real Kafka. Callbacks run inside
+//! `recv()`, between batches, so nothing is in flight when partitions are
+//! revoked.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -25,16 +27,50 @@ use keyflow_schemas::events::*;
 use keyflow_schemas::kafka::{client_config, PRODUCER_DEFAULTS};
 use keyflow_schemas::topics::{dlq_topic, state_topic, TopicNames};
 use keyflow_schemas::{Codec, CodecError};
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, RebalanceProtocol, StreamConsumer,
+};
 use rdkafka::error::KafkaResult;
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use tokio::sync::watch;
 
-use crate::changelog::{self, Entry, OutboxRecord};
+use crate::changelog::{self, Entry, OutboxRecord, SNAPSHOT_HEADER};
 use crate::keyed::KeyedRunner;
 use crate::metrics::WorkerMetrics;
-use crate::task::{process_batch, Input, KeyState, Outcome, Worker};
+use crate::task::{process_batch, Input, KeyDelta, KeyState, Outcome, Worker};
+
+/// How partitions are spread over a group's instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Assignor {
+    /// Eager range assignment: partition p of every input on one instance
+    /// (required for joins; the only safe choice on the embedded broker).
+    Range,
+    /// Incremental cooperative rebalancing (real Kafka, single-input workers):
+    /// only moved partitions stop.
+    CooperativeSticky,
+}
+
+impl Assignor {
+    /// The librdkafka `partition.assignment.strategy` value.
+    pub fn strategy(self) -> &'static str {
+        match self {
+            Assignor::Range => "range",
+            Assignor::CooperativeSticky => "cooperative-sticky",
+        }
+    }
+}
+
+/// What the runtime promises about each input's effects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Guarantee {
+    /// Record the decision in the changelog, then publish it (the default).
+    EffectivelyOnce,
+    /// No changelog: publish, then commit group offsets. State lives in memory
+    /// only and a crash replays inputs; the baseline the benchmarks compare against.
+    AtLeastOnce,
+}
 
 /// Runtime settings.
 #[derive(Debug, Clone)]
@@ -50,10 +86,40 @@ pub struct RuntimeConfig {
     pub instance_id: Option<String>,
     /// Larger input records are poison (`oversized`).
     pub max_record_bytes: usize,
+    pub assignor: Assignor,
+    /// A task snapshots its state once it has written this many changelog
+    /// bytes since its last snapshot (or as many as that snapshot's size,
+    /// whichever is larger), so a restore reads at most about twice the state.
+    pub snapshot_interval_bytes: u64,
+    pub guarantee: Guarantee,
+}
+
+impl RuntimeConfig {
+    /// Checks settings that only make sense together; the error names the setting.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.assignor == Assignor::CooperativeSticky && self.inputs.len() > 1 {
+            return Err(format!(
+                "--assignor cooperative-sticky: this worker joins {} topics and needs the range assignor \
+                 (partition p of every input on one instance)",
+                self.inputs.len()
+            ));
+        }
+        if self.max_in_flight == 0 || self.max_batch == 0 {
+            return Err("--max-in-flight and --max-batch must be at least 1".into());
+        }
+        Ok(())
+    }
 }
 
 /// A batch's commit record carries its state changes when it stays below this.
 const MAX_COMMIT_BYTES: usize = 512 * 1024;
+
+/// State bytes per snapshot part (records stay well below the clients' 1 MiB
+/// `message.max.bytes`; a single larger key gets a part of its own).
+const SNAPSHOT_PART_BYTES: usize = 256 * 1024;
+
+/// How long a failing restore is retried before the worker gives up (exit 70).
+const RESTORE_PATIENCE: Duration = Duration::from_secs(120);
 
 /// How much of an oversized record's value the DLQ keeps.
 pub const DLQ_OVERSIZED_KEEP_BYTES: usize = 64 * 1024;
@@ -62,23 +128,146 @@ pub const DLQ_OVERSIZED_KEEP_BYTES: usize = 64 * 1024;
 struct Task<S> {
     states: HashMap<String, KeyState<S>>,
     next_batch: u64,
+    /// Next input offset per input partition, as of the last committed batch.
+    checkpoint: BTreeMap<String, i64>,
+    /// Offset of the first part of the latest complete snapshot.
+    snapshot: Option<i64>,
+    /// Changelog bytes written since that snapshot, and the snapshot's size.
+    since_snapshot: u64,
+    snapshot_bytes: u64,
+    /// Sum of the worker's pending work over the keys.
+    pending: i64,
+}
+
+impl<S> Task<S> {
+    /// A task without history: it starts at the group's committed offsets.
+    fn empty() -> Self {
+        Task {
+            states: HashMap::new(),
+            next_batch: 1,
+            checkpoint: BTreeMap::new(),
+            snapshot: None,
+            since_snapshot: 0,
+            snapshot_bytes: 0,
+            pending: 0,
+        }
+    }
 }
 
 type Tasks<S> = Arc<Mutex<HashMap<i32, Task<S>>>>;
 
+fn lock<S>(tasks: &Tasks<S>) -> std::sync::MutexGuard<'_, HashMap<i32, Task<S>>> {
+    tasks.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Consumer context: restores tasks when partitions are assigned.
-struct Ctx<S> {
-    worker: &'static str,
+struct Ctx<W: Worker> {
+    worker: Arc<W>,
     cfg: RuntimeConfig,
-    tasks: Tasks<S>,
+    tasks: Tasks<W::State>,
     metrics: WorkerMetrics,
     ready: Arc<AtomicBool>,
 }
 
-impl<S> ClientContext for Ctx<S>
-where
-    S: Send + Sync + 'static,
-{
+impl<W: Worker> Ctx<W> {
+    fn publish_gauges(&self, tasks: &HashMap<i32, Task<W::State>>) {
+        self.metrics.assigned.set(tasks.len() as i64);
+        self.metrics.state_keys.set(tasks.values().map(|t| t.states.len() as i64).sum());
+        self.metrics.pending.set(tasks.values().map(|t| t.pending).sum());
+    }
+
+    fn assign(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList, incremental: bool) {
+        self.ready.store(false, Ordering::Relaxed);
+        self.metrics.ready.set(0);
+        self.metrics.rebalances.with_label_values(&["assign"]).inc();
+        let mut per_topic: BTreeMap<String, BTreeSet<i32>> = BTreeMap::new();
+        for e in tpl.elements() {
+            per_topic.entry(e.topic().to_string()).or_default().insert(e.partition());
+        }
+        // A join task needs partition p of every input: never process half a task.
+        let sets: Vec<_> = per_topic.values().collect();
+        if !incremental && (per_topic.len() != self.cfg.inputs.len() || sets.windows(2).any(|w| w[0] != w[1])) {
+            tracing::error!(worker = self.worker.name(), assignment = ?per_topic, "assignment is not co-partitioned (use the range assignor); exiting");
+            std::process::exit(70);
+        }
+        let partitions: BTreeSet<i32> = per_topic.values().flatten().copied().collect();
+        let mut with_offsets = TopicPartitionList::new();
+        let mut tasks = lock(&self.tasks);
+        for p in partitions.iter().copied() {
+            let started = Instant::now();
+            let restored = match self.cfg.guarantee {
+                Guarantee::EffectivelyOnce => self.restore_with_retry(p),
+                Guarantee::AtLeastOnce => Ok((Task::empty(), RestoreStats { records: 0, republished: 0 })),
+            };
+            match restored {
+                Ok((task, stats)) => {
+                    self.metrics.restore_seconds.observe(started.elapsed().as_secs_f64());
+                    self.metrics.restore_records.inc_by(stats.records);
+                    self.metrics.republished.inc_by(stats.republished);
+                    for t in &self.cfg.inputs {
+                        let topic = self.cfg.names.get(t);
+                        let offset =
+                            task.checkpoint.get(&format!("{topic}/{p}")).map_or(Offset::Stored, |o| Offset::Offset(*o));
+                        let _ = with_offsets.add_partition_offset(&topic, p, offset);
+                    }
+                    tasks.insert(p, task);
+                }
+                Err(e) => {
+                    // Without its state a task must not run: fail loudly, the
+                    // supervisor restarts us and the restore is retried.
+                    tracing::error!(worker = self.worker.name(), partition = p, error = %format!("{e:#}"), "restore failed; exiting");
+                    std::process::exit(70);
+                }
+            }
+        }
+        self.publish_gauges(&tasks);
+        self.ready.store(true, Ordering::Relaxed);
+        self.metrics.ready.set(1);
+        tracing::info!(worker = self.worker.name(), ?partitions, "assigned; tasks restored");
+        let r = if incremental { consumer.incremental_assign(&with_offsets) } else { consumer.assign(&with_offsets) };
+        if let Err(e) = r {
+            tracing::error!(error = %e, "assign failed");
+        }
+    }
+
+    /// Restores partition `p`, retrying failures (a broker down, a leader
+    /// moving) with capped backoff for up to [`RESTORE_PATIENCE`].
+    fn restore_with_retry(&self, p: i32) -> anyhow::Result<(Task<W::State>, RestoreStats)> {
+        let started = Instant::now();
+        let mut delay = Duration::from_millis(500);
+        loop {
+            match restore_task(&*self.worker, &self.cfg, p) {
+                Ok(r) => return Ok(r),
+                Err(e) if started.elapsed() < RESTORE_PATIENCE => {
+                    self.metrics.retries.with_label_values(&["restore"]).inc();
+                    tracing::warn!(partition = p, error = %format!("{e:#}"), retry_in = ?delay, "restore failed; retrying");
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn revoke(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList, incremental: bool) {
+        self.metrics.rebalances.with_label_values(&["revoke"]).inc();
+        self.metrics.lag.reset();
+        let mut tasks = lock(&self.tasks);
+        if incremental {
+            for e in tpl.elements() {
+                tasks.remove(&e.partition());
+            }
+            let _ = consumer.incremental_unassign(tpl);
+        } else {
+            tasks.clear();
+            let _ = consumer.unassign();
+        }
+        self.publish_gauges(&tasks);
+        tracing::info!(worker = self.worker.name(), revoked = tpl.count(), "partitions revoked");
+    }
+}
+
+impl<W: Worker> ClientContext for Ctx<W> {
     fn stats(&self, stats: rdkafka::Statistics) {
         for (topic, t) in &stats.topics {
             for (p, part) in &t.partitions {
@@ -90,10 +279,7 @@ where
     }
 }
 
-impl<S> ConsumerContext for Ctx<S>
-where
-    S: serde::de::DeserializeOwned + Default + Send + Sync + 'static,
-{
+impl<W: Worker> ConsumerContext for Ctx<W> {
     fn rebalance(
         &self,
         consumer: &BaseConsumer<Self>,
@@ -101,66 +287,10 @@ where
         tpl: &mut TopicPartitionList,
     ) {
         use rdkafka::types::RDKafkaRespErr::*;
+        let incremental = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
         match err {
-            RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                self.ready.store(false, Ordering::Relaxed);
-                self.metrics.ready.set(0);
-                self.metrics.rebalances.with_label_values(&["assign"]).inc();
-                let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
-                // A join task needs partition p of every input: never process half a task.
-                let mut per_topic: BTreeMap<String, std::collections::BTreeSet<i32>> = BTreeMap::new();
-                for e in tpl.elements() {
-                    per_topic.entry(e.topic().to_string()).or_default().insert(e.partition());
-                }
-                let sets: Vec<_> = per_topic.values().collect();
-                if per_topic.len() != self.cfg.inputs.len() || sets.windows(2).any(|w| w[0] != w[1]) {
-                    tracing::error!(worker = self.worker, assignment = ?per_topic, "assignment is not co-partitioned (use the range assignor); exiting");
-                    std::process::exit(70);
-                }
-                let mut with_offsets = TopicPartitionList::new();
-                let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
-                for p in partitions.iter().copied().collect::<std::collections::BTreeSet<_>>() {
-                    let started = Instant::now();
-                    match restore_task::<S>(self.worker, &self.cfg, p) {
-                        Ok((task, checkpoint, stats)) => {
-                            self.metrics.restore_seconds.observe(started.elapsed().as_secs_f64());
-                            self.metrics.restore_records.inc_by(stats.records);
-                            self.metrics.republished.inc_by(stats.republished);
-                            for t in &self.cfg.inputs {
-                                let topic = self.cfg.names.get(t);
-                                let offset = checkpoint
-                                    .get(&format!("{topic}/{p}"))
-                                    .map_or(Offset::Stored, |o| Offset::Offset(*o));
-                                let _ = with_offsets.add_partition_offset(&topic, p, offset);
-                            }
-                            tasks.insert(p, task);
-                        }
-                        Err(e) => {
-                            // Without its state a task must not run: fail loudly, the
-                            // supervisor restarts us and the restore is retried.
-                            tracing::error!(worker = self.worker, partition = p, error = %e, "restore failed; exiting");
-                            std::process::exit(70);
-                        }
-                    }
-                }
-                self.metrics.assigned.set(tasks.len() as i64);
-                self.metrics.state_keys.set(tasks.values().map(|t| t.states.len() as i64).sum());
-                self.ready.store(true, Ordering::Relaxed);
-                self.metrics.ready.set(1);
-                tracing::info!(worker = self.worker, ?partitions, "assigned; tasks restored");
-                if let Err(e) = consumer.assign(&with_offsets) {
-                    tracing::error!(error = %e, "assign failed");
-                }
-            }
-            RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                self.metrics.rebalances.with_label_values(&["revoke"]).inc();
-                self.metrics.assigned.set(0);
-                self.metrics.state_keys.set(0);
-                self.metrics.lag.reset();
-                self.tasks.lock().unwrap_or_else(|p| p.into_inner()).clear();
-                tracing::info!(worker = self.worker, "partitions revoked");
-                let _ = consumer.unassign();
-            }
+            RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => self.assign(consumer, tpl, incremental),
+            RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => self.revoke(consumer, tpl, incremental),
             other => tracing::error!(?other, "rebalance error"),
         }
     }
@@ -174,49 +304,99 @@ struct RestoreStats {
     republished: u64,
 }
 
-/// Reads a changelog partition from the beginning, rebuilds the task and
-/// re-publishes what was decided but not published.
-fn restore_task<S: serde::de::DeserializeOwned + Default>(
-    worker: &str,
-    cfg: &RuntimeConfig,
-    p: i32,
-) -> anyhow::Result<(Task<S>, BTreeMap<String, i64>, RestoreStats)> {
+/// A changelog record as read back: its entry, size and snapshot pointer.
+struct Read {
+    entry: Entry,
+    bytes: u64,
+    snapshot: Option<i64>,
+}
+
+/// What a restore read: records, bytes, and the bytes of the snapshot it started at.
+struct Sizes {
+    records: u64,
+    read: u64,
+    snapshot: u64,
+}
+
+impl Sizes {
+    fn of(reads: &[Read], from_snapshot: bool) -> Self {
+        let leading = reads.iter().take_while(|r| from_snapshot && matches!(r.entry, Entry::Snapshot { .. }));
+        Sizes {
+            records: reads.len() as u64,
+            read: reads.iter().map(|r| r.bytes).sum(),
+            snapshot: leading.map(|r| r.bytes).sum(),
+        }
+    }
+}
+
+/// Reads changelog records `[from, to)` of one partition.
+fn read_changelog(consumer: &BaseConsumer, topic: &str, p: i32, from: i64, to: i64) -> anyhow::Result<Vec<Read>> {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, p, Offset::Offset(from))?;
+    consumer.assign(&tpl)?;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut out = Vec::new();
+    let mut next = from;
+    while next < to {
+        anyhow::ensure!(Instant::now() < deadline, "reading {topic}[{p}] {from}..{to} did not finish in 300 s");
+        match consumer.poll(Duration::from_millis(500)) {
+            Some(Ok(m)) if m.offset() >= from => {
+                next = m.offset() + 1;
+                let snapshot = m.headers().and_then(|h| {
+                    h.iter()
+                        .find(|h| h.key == SNAPSHOT_HEADER)
+                        .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse().ok())
+                });
+                if let Some(v) = m.payload() {
+                    let entry = serde_json::from_slice::<Entry>(v)
+                        .map_err(|e| anyhow::anyhow!("{topic}[{p}] offset {}: {e}", m.offset()))?;
+                    out.push(Read { entry, bytes: v.len() as u64, snapshot });
+                }
+            }
+            Some(Ok(_)) | None => {}
+            Some(Err(e)) => return Err(e.into()),
+        }
+    }
+    Ok(out)
+}
+
+/// Rebuilds partition `p`'s task from its changelog — from the latest
+/// snapshot the last record points at, or from the beginning when there is
+/// none (or it cannot be used) — and re-publishes what was decided but not
+/// published.
+fn restore_task<W: Worker>(worker: &W, cfg: &RuntimeConfig, p: i32) -> anyhow::Result<(Task<W::State>, RestoreStats)> {
+    let name = worker.name();
     let started = Instant::now();
-    let topic = cfg.names.get(&state_topic(worker));
+    let topic = cfg.names.get(&state_topic(name));
     let consumer: BaseConsumer =
         client_config(&cfg.kafka, &[("group.id", "keyflow-restore"), ("enable.auto.commit", "false")])?.create()?;
     let (low, high) = consumer.fetch_watermarks(&topic, p, Duration::from_secs(30))?;
-    let mut entries = Vec::new();
-    if high > low {
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&topic, p, Offset::Offset(low))?;
-        consumer.assign(&tpl)?;
-        let deadline = Instant::now() + Duration::from_secs(300);
-        let mut next = low;
-        while next < high {
-            anyhow::ensure!(Instant::now() < deadline, "restore of {topic}[{p}] did not finish in 300 s");
-            match consumer.poll(Duration::from_millis(500)) {
-                Some(Ok(m)) => {
-                    next = m.offset() + 1;
-                    if let Some(v) = m.payload() {
-                        entries.push(serde_json::from_slice::<Entry>(v)?);
-                    }
-                }
-                Some(Err(e)) => return Err(e.into()),
-                None => {}
-            }
+    let pointer = if high > low {
+        read_changelog(&consumer, &topic, p, high - 1, high)?.pop().and_then(|r| r.snapshot)
+    } else {
+        None
+    };
+    let mut from_snapshot = pointer.filter(|o| (low..high).contains(o));
+    let mut reads = read_changelog(&consumer, &topic, p, from_snapshot.unwrap_or(low), high)?;
+    let mut sizes = Sizes::of(&reads, from_snapshot.is_some());
+    let restored = match changelog::restore::<W::State>(reads.drain(..).map(|r| r.entry)) {
+        Ok(r) => r,
+        Err(e) if from_snapshot.is_some() => {
+            // A snapshot interleaved with another writer's records: read it all.
+            tracing::warn!(worker = name, partition = p, error = %e, "snapshot unusable; restoring from the beginning");
+            from_snapshot = None;
+            reads = read_changelog(&consumer, &topic, p, low, high)?;
+            sizes = Sizes::of(&reads, false);
+            changelog::restore(reads.drain(..).map(|r| r.entry))?
         }
-    }
-    let records = entries.len() as u64;
-    let r = changelog::restore(entries);
-    let republished = r.unpublished.iter().map(|(_, o)| o.len() as u64).sum();
-    let mut states = HashMap::new();
-    for (k, v) in r.states {
-        states.insert(k, serde_json::from_value::<KeyState<S>>(v)?);
-    }
-    if !r.unpublished.is_empty() {
+        Err(e) => return Err(e.into()),
+    };
+    let states = restored.states;
+    let pending = states.values().map(|ks| worker.pending(&ks.state) as i64).sum();
+    let republished = restored.unpublished.iter().map(|(_, o)| o.len() as u64).sum();
+    if !restored.unpublished.is_empty() {
         let producer: rdkafka::producer::BaseProducer = client_config(&cfg.kafka, PRODUCER_DEFAULTS)?.create()?;
-        for (batch, outbox) in &r.unpublished {
+        for (batch, outbox) in &restored.unpublished {
             for o in outbox {
                 producer
                     .send(
@@ -227,16 +407,41 @@ fn restore_task<S: serde::de::DeserializeOwned + Default>(
                     )
                     .map_err(|(e, _)| e)?;
             }
-            let marker = serde_json::to_vec(&Entry::Published { batch: *batch })?;
+            let marker =
+                Outgoing::changelog(&topic, p, "__published", &Entry::Published { batch: *batch }, from_snapshot)?;
             producer
-                .send(rdkafka::producer::BaseRecord::to(&topic).partition(p).key("__published").payload(&marker))
+                .send(
+                    rdkafka::producer::BaseRecord::to(&topic)
+                        .partition(p)
+                        .key(marker.key)
+                        .payload(&marker.value)
+                        .headers(marker.headers),
+                )
                 .map_err(|(e, _)| e)?;
-            tracing::warn!(worker, partition = p, batch, records = outbox.len(), "re-published an unpublished outbox");
+            tracing::warn!(
+                worker = name,
+                partition = p,
+                batch,
+                records = outbox.len(),
+                "re-published an unpublished outbox"
+            );
         }
         producer.flush(Duration::from_secs(60))?;
     }
-    tracing::info!(worker, partition = p, keys = states.len(), took = ?started.elapsed(), dropped_tail = r.dropped_tail, "task restored");
-    Ok((Task { states, next_batch: r.last_batch + 1 }, r.checkpoint, RestoreStats { records, republished }))
+    tracing::info!(
+        worker = name, partition = p, keys = states.len(), records = sizes.records, from_snapshot = ?from_snapshot,
+        took = ?started.elapsed(), dropped_tail = restored.dropped_tail, "task restored"
+    );
+    let task = Task {
+        states,
+        next_batch: restored.last_batch + 1,
+        checkpoint: restored.checkpoint,
+        snapshot: from_snapshot,
+        since_snapshot: sizes.read - sizes.snapshot,
+        snapshot_bytes: sizes.snapshot,
+        pending,
+    };
+    Ok((task, RestoreStats { records: sizes.records, republished }))
 }
 
 /// Decodes a record into an [`Input`].
@@ -317,51 +522,299 @@ impl<'a> Outgoing<'a> {
         }
     }
 
-    fn changelog(topic: &'a str, p: i32, key: &'a str, entry: &Entry) -> anyhow::Result<Self> {
-        Ok(Self { topic, partition: Some(p), key, value: serde_json::to_vec(entry)?, headers: OwnedHeaders::new() })
+    /// A changelog record; it carries the latest snapshot's offset (see [`SNAPSHOT_HEADER`]).
+    fn changelog(topic: &'a str, p: i32, key: &'a str, entry: &Entry, snapshot: Option<i64>) -> anyhow::Result<Self> {
+        let headers = match snapshot {
+            Some(o) => OwnedHeaders::new().insert(Header { key: SNAPSHOT_HEADER, value: Some(&o.to_string()) }),
+            None => OwnedHeaders::new(),
+        };
+        Ok(Self { topic, partition: Some(p), key, value: serde_json::to_vec(entry)?, headers })
+    }
+
+    fn record(&self) -> FutureRecord<'_, str, Vec<u8>> {
+        let r = FutureRecord::to(self.topic).key(self.key).payload(&self.value).headers(self.headers.clone());
+        match self.partition {
+            Some(p) => r.partition(p),
+            None => r,
+        }
     }
 }
 
-/// Produces all records and waits until every one is acknowledged.
-async fn send_all(producer: &FutureProducer, records: &[Outgoing<'_>]) -> anyhow::Result<()> {
-    let mut futures = Vec::with_capacity(records.len());
-    for o in records {
-        let mut r = FutureRecord::to(o.topic).key(o.key).payload(&o.value).headers(o.headers.clone());
-        if let Some(p) = o.partition {
-            r = r.partition(p);
-        }
-        futures.push(producer.send(r, Duration::from_secs(300)));
+/// Produces all records and waits until every one is acknowledged; returns their offsets.
+async fn send_all(producer: &FutureProducer, records: &[Outgoing<'_>]) -> anyhow::Result<Vec<i64>> {
+    let futures: Vec<_> = records.iter().map(|o| producer.send(o.record(), Duration::from_secs(300))).collect();
+    let mut offsets = Vec::with_capacity(records.len());
+    for (f, o) in futures::future::join_all(futures).await.into_iter().zip(records) {
+        let delivery = f.map_err(|(e, _)| {
+            anyhow::anyhow!("producing a {}-byte record to {} failed: {e}", o.value.len(), o.topic)
+        })?;
+        offsets.push(delivery.offset);
     }
-    for f in futures::future::join_all(futures).await {
-        f.map_err(|(e, _)| anyhow::anyhow!("produce failed: {e}"))?;
+    Ok(offsets)
+}
+
+/// The changelog records of one decided batch: its commit, carrying the
+/// changed keys' states when it fits in [`MAX_COMMIT_BYTES`], otherwise one
+/// state record per changed key followed by a bare commit.
+fn decision_records<'a, S: serde::Serialize>(
+    topic: &'a str,
+    p: i32,
+    batch: u64,
+    checkpoint: &BTreeMap<String, i64>,
+    outbox: &[OutboxRecord],
+    changed: &BTreeMap<String, KeyDelta<S>>,
+    snapshot: Option<i64>,
+) -> anyhow::Result<Vec<Outgoing<'a>>> {
+    let mut states = BTreeMap::new();
+    for (key, ks) in changed {
+        states.insert(key.clone(), serde_json::to_value(ks)?);
+    }
+    let commit = |states| Entry::Commit { batch, checkpoint: checkpoint.clone(), outbox: outbox.to_vec(), states };
+    let whole = commit(states);
+    let record = Outgoing::changelog(topic, p, "__commit", &whole, snapshot)?;
+    if record.value.len() <= MAX_COMMIT_BYTES {
+        return Ok(vec![record]);
+    }
+    let Entry::Commit { states, .. } = whole else { unreachable!("built above") };
+    let mut log = Vec::with_capacity(states.len() + 1);
+    for (key, state) in states {
+        // The record key is not used: every changelog record names its partition.
+        log.push(Outgoing::changelog(topic, p, "__state", &Entry::State { key, state }, snapshot)?);
+    }
+    log.push(Outgoing::changelog(topic, p, "__commit", &commit(BTreeMap::new()), snapshot)?);
+    Ok(log)
+}
+
+/// The batch was abandoned because the worker is shutting down; nothing of it
+/// was recorded, so a restart redoes it from the checkpoint.
+#[derive(Debug, thiserror::Error)]
+#[error("shutting down")]
+struct Stopping;
+
+/// Waits `delay`, or less when shutdown is requested; then fails with
+/// [`Stopping`] if it was.
+async fn backoff(delay: Duration, stop: &mut watch::Receiver<bool>) -> anyhow::Result<()> {
+    if !*stop.borrow() {
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.changed() => {}
+        }
+    }
+    if *stop.borrow() {
+        return Err(Stopping.into());
     }
     Ok(())
 }
 
-/// Encodes an output, retrying a registry outage with capped exponential
-/// backoff (the batch, and so the partition, waits); other errors are fatal.
-async fn encode_with_retry(
-    codec: &Codec,
-    topic: &str,
-    event: &AnyEvent,
+/// Runs `op`, retrying its transient failures (registry unreachable) with
+/// capped exponential backoff while the batch (and so the partition) waits.
+/// Returns the first non-transient error; gives up when shutdown starts.
+async fn retry_transient<T, F, Fut>(
+    what: &str,
     metrics: &WorkerMetrics,
-) -> anyhow::Result<Vec<u8>> {
+    stop: &mut watch::Receiver<bool>,
+    mut op: F,
+) -> anyhow::Result<Result<T, CodecError>>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, CodecError>>,
+{
     let mut delay = Duration::from_millis(200);
     loop {
-        match codec.encode_any(topic, event).await {
-            Ok(v) => return Ok(v),
+        match op().await {
             Err(e) if e.is_transient() => {
                 metrics.retries.with_label_values(&["registry"]).inc();
-                tracing::warn!(error = %e, retry_in = ?delay, "registry unavailable while encoding; retrying");
-                tokio::time::sleep(delay).await;
+                tracing::warn!(error = %e, retry_in = ?delay, "registry unavailable while {what}; retrying");
+                backoff(delay, stop).await?;
                 delay = (delay * 2).min(Duration::from_secs(10));
             }
-            Err(e) => return Err(anyhow::anyhow!("encoding {} for {topic}: {e}", event.record_name())),
+            other => return Ok(other),
         }
     }
 }
 
-/// Runs `worker` until `shutdown` completes.
+/// Everything a running worker shares across batches.
+struct Runtime<W: Worker> {
+    worker: Arc<W>,
+    cfg: RuntimeConfig,
+    codec: Arc<Codec>,
+    metrics: WorkerMetrics,
+    producer: FutureProducer,
+    runner: KeyedRunner,
+    tasks: Tasks<W::State>,
+    state_topic: String,
+    dlq_topic: String,
+}
+
+impl<W: Worker> Runtime<W> {
+    /// Decides, records and publishes one task's share of a batch (offset order
+    /// within each input partition).
+    async fn run_task(
+        &self,
+        p: i32,
+        msgs: &[&BorrowedMessage<'_>],
+        stop: &mut watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
+        let (cfg, metrics, name) = (&self.cfg, &self.metrics, self.worker.name());
+        let mut inputs = Vec::with_capacity(msgs.len());
+        let mut decoded = Vec::with_capacity(msgs.len());
+        let mut outbox = Vec::new();
+        let mut checkpoint = BTreeMap::new();
+        for m in msgs {
+            checkpoint.insert(format!("{}/{}", m.topic(), m.partition()), m.offset() + 1);
+            let size = m.payload().map_or(0, <[u8]>::len);
+            if size > cfg.max_record_bytes {
+                let why = format!("value of {size} bytes exceeds --max-record-bytes {}", cfg.max_record_bytes);
+                tracing::warn!(topic = m.topic(), partition = p, offset = m.offset(), %why, "poison record to DLQ");
+                outbox.push(dlq_record(name, &cfg.names, m, "oversized", &why));
+                continue;
+            }
+            match retry_transient("decoding", metrics, stop, || decode(&self.codec, m, &cfg.names)).await? {
+                Ok(i) => {
+                    inputs.push(i);
+                    decoded.push(*m);
+                }
+                Err(e) => {
+                    tracing::warn!(topic = m.topic(), partition = p, offset = m.offset(), error = %e, "poison record to DLQ");
+                    outbox.push(dlq_record(name, &cfg.names, m, e.class(), &e.to_string()));
+                }
+            }
+        }
+        let (mut states, batch_no) = {
+            let mut t = lock(&self.tasks);
+            let Some(task) = t.get_mut(&p) else { return Ok(()) };
+            task.next_batch += 1;
+            (std::mem::take(&mut task.states), task.next_batch - 1)
+        };
+        let occurred: Vec<i64> = inputs.iter().map(|i| i.event.metadata().occurred_at).collect();
+        let result = process_batch(&*self.worker, &self.runner, &mut states, inputs, cfg.dedupe_retention_ms).await;
+        let mut output_types = Vec::with_capacity(result.outputs.len());
+        for o in &result.outputs {
+            let topic = cfg.names.get(o.event.default_topic());
+            let value =
+                match retry_transient("encoding", metrics, stop, || self.codec.encode_any(&topic, &o.event)).await {
+                    Ok(Ok(v)) => v,
+                    Ok(Err(e)) => anyhow::bail!("encoding {} for {topic}: {e}", o.event.record_name()),
+                    Err(stopping) => {
+                        self.put_back(p, states);
+                        return Err(stopping);
+                    }
+                };
+            let mut headers = vec![];
+            if let Some(t) = &o.traceparent {
+                headers.push(("traceparent".to_string(), t.as_bytes().to_vec()));
+            }
+            outbox.push(OutboxRecord { topic, key: o.event.key().to_string(), value, headers });
+            output_types.push(o.event.record_name());
+        }
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        for ((at, outcome), took) in occurred.iter().zip(&result.outcomes).zip(&result.elapsed) {
+            metrics.processed.with_label_values(&[outcome.label()]).inc();
+            metrics.processing_seconds.observe(took.as_secs_f64());
+            if matches!(outcome, Outcome::Ok { .. }) {
+                metrics.e2e_latency.observe((now - at).max(0) as f64 / 1000.0);
+            }
+        }
+        for (m, outcome) in decoded.iter().zip(&result.outcomes) {
+            match outcome {
+                Outcome::Rejected(why) => {
+                    tracing::warn!(topic = m.topic(), partition = p, offset = m.offset(), %why, "contract violation to DLQ");
+                    outbox.push(dlq_record(name, &cfg.names, m, "contract_violation", why));
+                }
+                Outcome::Ignored(why) => {
+                    tracing::debug!(topic = m.topic(), partition = p, offset = m.offset(), why, "input ignored")
+                }
+                _ => {}
+            }
+        }
+        let snapshot = lock(&self.tasks).get(&p).and_then(|t| t.snapshot);
+        let effectively_once = cfg.guarantee == Guarantee::EffectivelyOnce;
+        let topic = self.state_topic.as_str();
+        // 1. Record the decision (effectively-once only).
+        let mut written = 0;
+        if effectively_once {
+            let log = decision_records(topic, p, batch_no, &checkpoint, &outbox, &result.changed, snapshot)?;
+            written = log.iter().map(|o| o.value.len() as u64).sum();
+            send_all(&self.producer, &log).await?;
+        }
+        // 2. Publish it.
+        let out: Vec<Outgoing<'_>> = outbox.iter().map(Outgoing::outbox).collect();
+        send_all(&self.producer, &out).await?;
+        let mut types = output_types.into_iter();
+        for o in &outbox {
+            let ty = if o.topic == self.dlq_topic { "dlq" } else { types.next().unwrap_or("unknown") };
+            metrics.produced.with_label_values(&[o.topic.as_str(), ty]).inc();
+        }
+        metrics.checkpoints.inc();
+        // 3. Mark it published, without waiting for the ack: a lost marker only
+        // makes a restore re-publish this outbox byte for byte (copies consumers
+        // drop), and the idempotent producer keeps it ahead of the next batch's
+        // changelog records. Saves one broker round trip per batch.
+        if effectively_once {
+            let marker = Outgoing::changelog(topic, p, "__published", &Entry::Published { batch: batch_no }, snapshot)?;
+            written += marker.value.len() as u64;
+            if let Err((e, _)) = self.producer.send_result(marker.record()) {
+                tracing::warn!(error = %e, batch = batch_no, "published marker not queued; a restore will re-publish");
+            }
+        }
+        let due = {
+            let mut t = lock(&self.tasks);
+            let Some(task) = t.get_mut(&p) else { return Ok(()) };
+            task.checkpoint.extend(checkpoint);
+            task.since_snapshot += written;
+            task.pending += result.pending_delta;
+            task.since_snapshot >= cfg.snapshot_interval_bytes.max(task.snapshot_bytes)
+        };
+        if due && effectively_once {
+            self.snapshot(p, batch_no, &states).await?;
+        }
+        self.put_back(p, states);
+        Ok(())
+    }
+
+    fn put_back(&self, p: i32, states: HashMap<String, KeyState<W::State>>) {
+        if let Some(task) = lock(&self.tasks).get_mut(&p) {
+            task.states = states;
+        }
+    }
+
+    /// Writes every key's state as of `batch` (published) as snapshot parts,
+    /// then points later records at it: the first record that carries the
+    /// new pointer is a repeated `Published` marker of the same batch.
+    async fn snapshot(&self, p: i32, batch: u64, states: &HashMap<String, KeyState<W::State>>) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let (checkpoint, old) = match lock(&self.tasks).get(&p) {
+            Some(t) => (t.checkpoint.clone(), t.snapshot),
+            None => return Ok(()),
+        };
+        let mut values = Vec::with_capacity(states.len());
+        for (k, ks) in states {
+            values.push((k.clone(), serde_json::to_value(ks)?));
+        }
+        let parts = changelog::snapshot_parts(batch, &checkpoint, values, SNAPSHOT_PART_BYTES);
+        let topic = self.state_topic.as_str();
+        let mut log = Vec::with_capacity(parts.len());
+        for part in &parts {
+            log.push(Outgoing::changelog(topic, p, "__snapshot", part, old)?);
+        }
+        let bytes: u64 = log.iter().map(|o| o.value.len() as u64).sum();
+        let offsets = send_all(&self.producer, &log).await?;
+        let at = offsets[0];
+        let marker = Outgoing::changelog(topic, p, "__published", &Entry::Published { batch }, Some(at))?;
+        send_all(&self.producer, std::slice::from_ref(&marker)).await?;
+        if let Some(t) = lock(&self.tasks).get_mut(&p) {
+            t.snapshot = Some(at);
+            t.snapshot_bytes = bytes;
+            t.since_snapshot = 0;
+        }
+        self.metrics.snapshots.inc();
+        tracing::info!(worker = self.worker.name(), partition = p, batch, offset = at, parts = parts.len(), keys = states.len(), bytes, took = ?started.elapsed(), "state snapshot written");
+        Ok(())
+    }
+}
+
+/// Runs `worker` until `shutdown` completes, then drains and leaves the group.
 pub async fn run<W: Worker>(
     worker: W,
     cfg: RuntimeConfig,
@@ -370,6 +823,8 @@ pub async fn run<W: Worker>(
     ready: Arc<AtomicBool>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    cfg.validate().map_err(anyhow::Error::msg)?;
+    let worker = Arc::new(worker);
     let name = worker.name();
     let tasks: Tasks<W::State> = Arc::new(Mutex::new(HashMap::new()));
     let mut settings: Vec<(&str, &str)> = vec![
@@ -377,38 +832,78 @@ pub async fn run<W: Worker>(
         ("enable.auto.commit", "false"),
         ("enable.auto.offset.store", "false"),
         ("auto.offset.reset", "earliest"),
-        ("partition.assignment.strategy", "range"),
+        ("partition.assignment.strategy", cfg.assignor.strategy()),
         ("statistics.interval.ms", "5000"),
     ];
     if let Some(id) = &cfg.instance_id {
         settings.push(("group.instance.id", id));
     }
-    let ctx = Ctx { worker: name, cfg: cfg.clone(), tasks: tasks.clone(), metrics: metrics.clone(), ready };
-    let consumer: StreamConsumer<Ctx<W::State>> = client_config(&cfg.kafka, &settings)?.create_with_context(ctx)?;
+    let ctx = Ctx { worker: worker.clone(), cfg: cfg.clone(), tasks: tasks.clone(), metrics: metrics.clone(), ready };
+    let consumer: StreamConsumer<Ctx<W>> = client_config(&cfg.kafka, &settings)?.create_with_context(ctx)?;
     let inputs: Vec<String> = cfg.inputs.iter().map(|t| cfg.names.get(t)).collect();
     consumer.subscribe(&inputs.iter().map(String::as_str).collect::<Vec<_>>())?;
-    let producer: FutureProducer = client_config(&cfg.kafka, PRODUCER_DEFAULTS)?.create()?;
-    let runner = KeyedRunner::new(cfg.max_in_flight);
-    let state_topic = cfg.names.get(&state_topic(name));
-    tokio::pin!(shutdown);
+    let rt = Runtime {
+        producer: client_config(&cfg.kafka, PRODUCER_DEFAULTS)?.create()?,
+        runner: KeyedRunner::new(cfg.max_in_flight),
+        state_topic: cfg.names.get(&state_topic(name)),
+        dlq_topic: cfg.names.get(&dlq_topic(name)),
+        worker,
+        codec,
+        metrics,
+        tasks,
+        cfg,
+    };
     tracing::info!(worker = name, ?inputs, "worker started");
+    let (stop_tx, stop) = watch::channel(false);
+    let work = consume(&rt, &consumer, stop);
+    tokio::pin!(work);
+    tokio::pin!(shutdown);
+    tokio::select! {
+        r = &mut work => r?,
+        _ = &mut shutdown => {
+            let _ = stop_tx.send(true);
+            work.await?;
+        }
+    }
+    tracing::info!(worker = name, "draining and leaving the group");
+    consumer.unsubscribe();
+    let r: KafkaResult<()> = rt.producer.flush(Duration::from_secs(30));
+    r?;
+    Ok(())
+}
+
+/// The batch loop: gather, run each task's share, commit group offsets.
+/// Returns when `stop` turns true (after the batch in progress, or at once
+/// when that batch waits on an outage).
+async fn consume<W: Worker>(
+    rt: &Runtime<W>,
+    consumer: &StreamConsumer<Ctx<W>>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let metrics = &rt.metrics;
     loop {
-        let first = tokio::select! {
-            _ = &mut shutdown => break,
-            m = consumer.recv() => match m {
-                Ok(m) => m,
-                Err(e) => {
-                    // Broker errors surface here (transport failures while a broker
-                    // restarts): librdkafka reconnects by itself, so wait and poll on.
-                    metrics.retries.with_label_values(&["broker"]).inc();
-                    tracing::warn!(error = %e, "consumer error; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    continue;
+        // Never wait on one recv() for long: each call polls the client, which
+        // also serves rebalance events; a missed wake-up must not stall the group.
+        let received = tokio::select! {
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+            m = tokio::time::timeout(Duration::from_millis(500), consumer.recv()) => m,
+        };
+        let first = match received {
+            Err(_idle) => continue,
+            Ok(Ok(m)) => m,
+            Ok(Err(e)) => {
+                // Broker errors surface here (transport failures while a broker
+                // restarts): librdkafka reconnects by itself, so wait and poll on.
+                metrics.retries.with_label_values(&["broker"]).inc();
+                tracing::warn!(error = %e, "consumer error; retrying");
+                if backoff(Duration::from_millis(500), &mut stop).await.is_err() {
+                    return Ok(());
                 }
-            },
+                continue;
+            }
         };
         let mut batch = vec![first];
-        while batch.len() < cfg.max_batch {
+        while batch.len() < rt.cfg.max_batch {
             match tokio::time::timeout(Duration::from_millis(5), consumer.recv()).await {
                 Ok(Ok(m)) => batch.push(m),
                 Ok(Err(e)) => {
@@ -423,132 +918,26 @@ pub async fn run<W: Worker>(
         for m in &batch {
             metrics.consumed.with_label_values(&[m.topic()]).inc();
         }
-        // Group by task (partition), keeping offset order within each input partition.
         let mut by_task: BTreeMap<i32, Vec<&BorrowedMessage<'_>>> = BTreeMap::new();
         for m in &batch {
             by_task.entry(m.partition()).or_default().push(m);
         }
         for (p, msgs) in by_task {
-            let mut inputs = Vec::with_capacity(msgs.len());
-            let mut decoded = Vec::with_capacity(msgs.len());
-            let mut outbox = Vec::new();
-            let mut checkpoint = BTreeMap::new();
-            for m in &msgs {
-                checkpoint.insert(format!("{}/{}", m.topic(), m.partition()), m.offset() + 1);
-                let size = m.payload().map_or(0, <[u8]>::len);
-                if size > cfg.max_record_bytes {
-                    let why = format!("value of {size} bytes exceeds --max-record-bytes {}", cfg.max_record_bytes);
-                    tracing::warn!(topic = m.topic(), partition = p, offset = m.offset(), %why, "poison record to DLQ");
-                    outbox.push(dlq_record(name, &cfg.names, m, "oversized", &why));
-                    continue;
+            if let Err(e) = rt.run_task(p, &msgs, &mut stop).await {
+                if e.is::<Stopping>() {
+                    tracing::info!(partition = p, "shutdown during an outage: the batch is left to the next owner");
+                    return Ok(());
                 }
-                let mut delay = Duration::from_millis(200);
-                loop {
-                    match decode(&codec, m, &cfg.names).await {
-                        Ok(i) => {
-                            inputs.push(i);
-                            decoded.push(*m);
-                            break;
-                        }
-                        Err(e) if e.is_transient() => {
-                            metrics.retries.with_label_values(&["registry"]).inc();
-                            tracing::warn!(error = %e, retry_in = ?delay, "registry unavailable; retrying");
-                            tokio::time::sleep(delay).await;
-                            delay = (delay * 2).min(Duration::from_secs(10));
-                        }
-                        Err(e) => {
-                            tracing::warn!(topic = m.topic(), partition = p, offset = m.offset(), error = %e, "poison record to DLQ");
-                            outbox.push(dlq_record(name, &cfg.names, m, e.class(), &e.to_string()));
-                            break;
-                        }
-                    }
-                }
-            }
-            let (mut states, batch_no) = {
-                let mut t = tasks.lock().unwrap_or_else(|p| p.into_inner());
-                let Some(task) = t.get_mut(&p) else { continue };
-                task.next_batch += 1;
-                (std::mem::take(&mut task.states), task.next_batch - 1)
-            };
-            let inputs_meta: Vec<i64> = inputs.iter().map(|i| i.event.metadata().occurred_at).collect();
-            let result = process_batch(&worker, &runner, &mut states, inputs, cfg.dedupe_retention_ms).await;
-            for o in &result.outputs {
-                let topic = cfg.names.get(o.event.default_topic());
-                let value = encode_with_retry(&codec, &topic, &o.event, &metrics).await?;
-                let mut headers = vec![];
-                if let Some(t) = &o.traceparent {
-                    headers.push(("traceparent".to_string(), t.as_bytes().to_vec()));
-                }
-                outbox.push(OutboxRecord { topic, key: o.event.key().to_string(), value, headers });
-            }
-            let now =
-                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-            for (input, outcome) in inputs_meta.iter().zip(&result.outcomes) {
-                metrics.processed.with_label_values(&[outcome.label()]).inc();
-                if matches!(outcome, Outcome::Ok { .. }) {
-                    metrics.e2e_latency.observe((now - input).max(0) as f64 / 1000.0);
-                }
-            }
-            for (m, outcome) in decoded.iter().zip(&result.outcomes) {
-                if let Outcome::Rejected(why) = outcome {
-                    tracing::warn!(topic = m.topic(), partition = p, offset = m.offset(), %why, "contract violation to DLQ");
-                    outbox.push(dlq_record(name, &cfg.names, m, "contract_violation", why));
-                }
-            }
-            // Outputs keep their relative order in the outbox; everything else is a DLQ record.
-            let dlq_name = cfg.names.get(&dlq_topic(name));
-            let mut output_types = result.outputs.iter().map(|o| o.event.record_name());
-            let outbox_types: Vec<&str> = outbox
-                .iter()
-                .map(|o| if o.topic == dlq_name { "dlq" } else { output_types.next().unwrap_or("unknown") })
-                .collect();
-            // 1. Record the decision.
-            // One record per batch when it fits; otherwise one state record per key first.
-            let mut changed = BTreeMap::new();
-            for (key, ks) in &result.changed {
-                changed.insert(key.clone(), serde_json::to_value(ks)?);
-            }
-            let commit = Entry::Commit { batch: batch_no, checkpoint, outbox: outbox.clone(), states: changed };
-            let mut log = vec![Outgoing::changelog(&state_topic, p, "__commit", &commit)?];
-            if log[0].value.len() > MAX_COMMIT_BYTES {
-                let Entry::Commit { batch, checkpoint, outbox, states: changed } = commit else {
-                    unreachable!("built above")
-                };
-                log.clear();
-                for (key, state) in changed {
-                    // The record key is not used: every changelog record names its partition.
-                    log.push(Outgoing::changelog(&state_topic, p, "__state", &Entry::State { key, state })?);
-                }
-                let bare = Entry::Commit { batch, checkpoint, outbox, states: BTreeMap::new() };
-                log.push(Outgoing::changelog(&state_topic, p, "__commit", &bare)?);
-            }
-            send_all(&producer, &log).await?;
-            // 2. Publish it.
-            let out: Vec<Outgoing<'_>> = outbox.iter().map(Outgoing::outbox).collect();
-            send_all(&producer, &out).await?;
-            for (o, ty) in outbox.iter().zip(&outbox_types) {
-                metrics.produced.with_label_values(&[o.topic.as_str(), ty]).inc();
-            }
-            metrics.checkpoints.inc();
-            // 3. Mark it published, without waiting for the ack: a lost marker only
-            // makes a restore re-publish this outbox byte for byte (copies consumers
-            // drop), and the idempotent producer keeps it ahead of the next batch's
-            // changelog records. Saves one broker round trip per batch.
-            let marker = Entry::Published { batch: batch_no };
-            let m = Outgoing::changelog(&state_topic, p, "__published", &marker)?;
-            let record = FutureRecord::to(m.topic).partition(p).key(m.key).payload(&m.value);
-            if let Err((e, _)) = producer.send_result(record) {
-                tracing::warn!(error = %e, batch = batch_no, "published marker not queued; a restore will re-publish");
-            }
-            if let Some(task) = tasks.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&p) {
-                task.states = states;
+                return Err(e);
             }
         }
         metrics.in_flight.set(0);
         metrics.batch_seconds.observe(batch_started.elapsed().as_secs_f64());
-        metrics
-            .state_keys
-            .set(tasks.lock().unwrap_or_else(|p| p.into_inner()).values().map(|t| t.states.len() as i64).sum());
+        {
+            let tasks = lock(&rt.tasks);
+            metrics.state_keys.set(tasks.values().map(|t| t.states.len() as i64).sum());
+            metrics.pending.set(tasks.values().map(|t| t.pending).sum());
+        }
         // 4. Group offsets, for lag monitoring only (the checkpoint is the truth).
         let mut tpl = TopicPartitionList::new();
         for m in &batch {
@@ -557,10 +946,8 @@ pub async fn run<W: Worker>(
         if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
             tracing::debug!(error = %e, "offset commit failed (lag only)");
         }
+        if *stop.borrow() {
+            return Ok(());
+        }
     }
-    tracing::info!(worker = name, "draining and leaving the group");
-    consumer.unsubscribe();
-    let r: KafkaResult<()> = producer.flush(Duration::from_secs(30));
-    r?;
-    Ok(())
 }

@@ -67,6 +67,9 @@ pub trait Worker: Send + Sync + 'static {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Window {
     seen: BTreeMap<String, i64>,
+    /// Ids remembered since the last [`KeyState::take_delta`].
+    #[serde(skip)]
+    fresh: Vec<(String, i64)>,
 }
 
 impl Window {
@@ -75,6 +78,7 @@ impl Window {
     }
     fn insert(&mut self, id: &str, at: i64) {
         self.seen.insert(id.to_string(), at);
+        self.fresh.push((id.to_string(), at));
     }
     fn prune(&mut self, older_than: i64) {
         self.seen.retain(|_, at| *at >= older_than);
@@ -101,6 +105,52 @@ pub struct KeyState<S> {
     pub last_offsets: BTreeMap<String, i64>,
     /// Highest event time seen for this key (drives pruning).
     pub max_event_time: i64,
+}
+
+/// A key's change over one batch, as the changelog records it: worker state
+/// and bookkeeping replaced, the ids remembered in the batch added, ids older
+/// than `horizon` forgotten. Its size follows the batch, not the dedupe
+/// windows, which a busy key fills with thousands of ids.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyDelta<S> {
+    pub state: S,
+    pub last_offsets: BTreeMap<String, i64>,
+    pub max_event_time: i64,
+    pub horizon: i64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub event_ids: Vec<(String, i64)>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub idempotency_keys: Vec<(String, i64)>,
+}
+
+impl<S: Clone> KeyState<S> {
+    /// The change since the previous call; `horizon` is where the windows were pruned.
+    /// The live windows are pruned at that horizon too, so a restored key
+    /// equals the live one.
+    pub fn take_delta(&mut self, retention_ms: i64) -> KeyDelta<S> {
+        let horizon = self.max_event_time.saturating_sub(retention_ms);
+        self.event_ids.prune(horizon);
+        self.idempotency_keys.prune(horizon);
+        KeyDelta {
+            state: self.state.clone(),
+            last_offsets: self.last_offsets.clone(),
+            max_event_time: self.max_event_time,
+            horizon,
+            event_ids: std::mem::take(&mut self.event_ids.fresh),
+            idempotency_keys: std::mem::take(&mut self.idempotency_keys.fresh),
+        }
+    }
+
+    /// Applies a recorded change (restore): the inverse of [`KeyState::take_delta`].
+    pub fn apply_delta(&mut self, d: KeyDelta<S>) {
+        self.state = d.state;
+        self.last_offsets = d.last_offsets;
+        self.max_event_time = d.max_event_time;
+        for (w, ids) in [(&mut self.event_ids, d.event_ids), (&mut self.idempotency_keys, d.idempotency_keys)] {
+            w.seen.extend(ids);
+            w.prune(d.horizon);
+        }
+    }
 }
 
 /// What happened to one input.
@@ -148,10 +198,14 @@ pub struct Output {
 pub struct BatchResult<S> {
     /// Per input, in input order.
     pub outcomes: Vec<Outcome>,
-    /// Keys whose state changed, with the new state.
-    pub changed: BTreeMap<String, KeyState<S>>,
+    /// Keys whose state changed, with their change.
+    pub changed: BTreeMap<String, KeyDelta<S>>,
     /// Outputs in input order.
     pub outputs: Vec<Output>,
+    /// Time spent deciding each input (worker call included), in input order.
+    pub elapsed: Vec<std::time::Duration>,
+    /// Change of the worker's pending work (see [`Worker::pending`]) over the batch.
+    pub pending_delta: i64,
 }
 
 fn partition_key(input: &Input) -> String {
@@ -223,14 +277,21 @@ pub async fn process_batch<W: Worker>(
             |i| async move {
                 // One chain per key: this lock is never contended.
                 let mut ks = cells_ref[&i.key].lock().await;
-                apply(worker, &mut ks, i, retention_ms).await
+                let before = worker.pending(&ks.state) as i64;
+                let started = std::time::Instant::now();
+                let applied = apply(worker, &mut ks, i, retention_ms).await;
+                (applied, started.elapsed(), worker.pending(&ks.state) as i64 - before)
             },
         )
         .await;
     let mut outcomes = Vec::with_capacity(inputs.len());
     let mut outputs = Vec::new();
     let mut touched = std::collections::HashSet::new();
-    for (input, (outcome, events, changed)) in inputs.iter().zip(results) {
+    let mut elapsed = Vec::with_capacity(inputs.len());
+    let mut pending_delta = 0;
+    for (input, ((outcome, events, changed), took, delta)) in inputs.iter().zip(results) {
+        elapsed.push(took);
+        pending_delta += delta;
         if changed {
             touched.insert(input.key.clone());
         }
@@ -243,13 +304,13 @@ pub async fn process_batch<W: Worker>(
     }
     let mut changed = BTreeMap::new();
     for (key, cell) in cells {
-        let ks = cell.into_inner();
+        let mut ks = cell.into_inner();
         if touched.contains(&key) {
-            changed.insert(key.clone(), ks.clone());
+            changed.insert(key.clone(), ks.take_delta(retention_ms));
         }
         states.insert(key, ks);
     }
-    BatchResult { outcomes, changed, outputs }
+    BatchResult { outcomes, changed, outputs, elapsed, pending_delta }
 }
 
 #[cfg(test)]
@@ -363,6 +424,25 @@ mod tests {
         let b = run(inputs, &mut s2).await;
         assert_eq!(a.outputs, b.outputs);
         assert_eq!(s1, s2);
+    }
+
+    #[tokio::test]
+    async fn a_key_rebuilt_from_its_recorded_deltas_equals_the_live_key() {
+        let mut live = HashMap::new();
+        let mut rebuilt: HashMap<String, KeyState<crate::counter::CounterState>> = HashMap::new();
+        for round in 0..3 {
+            let mut inputs: Vec<Input> =
+                (0..6).map(|n| order("k", round * 100 + n * 1000, i64::from(round * 10 + n))).collect();
+            inputs.push(inputs[0].clone()); // a copy: remembered, not applied
+            inputs.last_mut().unwrap().offset = i64::from(round * 10 + 9);
+            let r = process_batch(&Counter::default(), &KeyedRunner::new(4), &mut live, inputs, 2_500).await;
+            for (key, d) in r.changed {
+                let text = serde_json::to_string(&d).unwrap();
+                rebuilt.entry(key).or_default().apply_delta(serde_json::from_str(&text).unwrap());
+            }
+        }
+        assert_eq!(rebuilt, live);
+        assert!(live["k"].event_ids.len() < 18, "pruned by event time");
     }
 
     #[tokio::test]

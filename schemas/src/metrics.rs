@@ -49,6 +49,12 @@ pub const WORKER_IN_FLIGHT: &str = "keyflow_worker_in_flight";
 pub const WORKER_READY: &str = "keyflow_worker_ready";
 /// Worker: retries of transient failures (registry or broker unreachable).
 pub const WORKER_RETRIES: &str = "keyflow_worker_transient_retries_total";
+/// Worker: time to decide one input (histogram, seconds).
+pub const WORKER_PROCESSING_SECONDS: &str = "keyflow_worker_processing_seconds";
+/// Worker: inputs held back waiting for another input (e.g. requests without an approved contract).
+pub const WORKER_PENDING: &str = "keyflow_worker_pending";
+/// Worker: state snapshots written to the changelog.
+pub const WORKER_SNAPSHOTS: &str = "keyflow_worker_snapshots_total";
 
 /// Serves `/metrics` from `registry`, `/health` (200 when `health` says the
 /// broker answers) and `/ready` (200 when `ready` is set) on `addr`.

@@ -6,9 +6,13 @@
 //! measured between the first and the last output, so group join and
 //! restore are left out.
 //!
+//! Second: effectively-once ÷ plain at-least-once (no changelog) throughput
+//! of the same worker with no simulated I/O, in interleaved rounds.
+//!
 //! Run: `cargo build --release --bins && cargo bench -p keyflow-e2e --bench runtime_throughput`
-//! (`BENCH_RECORDS`, `BENCH_IN_FLIGHT` change the sizes). Writes its section
-//! of BENCHMARKS.md.
+//! (`BENCH_RECORDS`, `BENCH_IN_FLIGHT`, `BENCH_ROUNDS` change the sizes;
+//! `BENCH_ONLY=key-parallel|guarantee` runs one). Writes its sections of
+//! BENCHMARKS.md.
 
 use std::time::{Duration, Instant};
 
@@ -35,7 +39,7 @@ fn outputs(stack: &Stack) -> i64 {
 }
 
 /// Outputs per second of one worker run over `records` inputs.
-async fn run(records: u64, in_flight: u64) -> f64 {
+async fn run(records: u64, in_flight: u64, delay: &str, guarantee: &str) -> f64 {
     let dir = tempfile::tempdir().unwrap();
     let port = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let opts = StackOptions {
@@ -91,11 +95,13 @@ async fn run(records: u64, in_flight: u64) -> f64 {
             "--registry",
             &stack.registry.registry,
             "--delay",
-            "5ms",
+            delay,
             "--max-in-flight",
             &in_flight.to_string(),
             "--max-batch",
             "500",
+            "--guarantee",
+            guarantee,
         ])
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -123,21 +129,50 @@ async fn run(records: u64, in_flight: u64) -> f64 {
 async fn main() {
     let records = env("BENCH_RECORDS", 10_000);
     let in_flight = env("BENCH_IN_FLIGHT", 256);
-    let sequential = run(records, 1).await;
-    eprintln!("sequential: {sequential:.0} records/s");
-    let parallel = run(records, in_flight).await;
-    eprintln!("key-parallel: {parallel:.0} records/s");
-    let ratio = parallel / sequential;
-    let body = format!(
-        "## Runtime: key-parallel ÷ partition-sequential\n\n\
-         `cargo build --release --bins && cargo bench -p keyflow-e2e --bench runtime_throughput` (BENCH_RECORDS={records}, BENCH_IN_FLIGHT={in_flight}), \
-         release build on {}, `worker counter --delay 5ms` (5 ms simulated I/O per record) on 1 partition, ~{records} distinct keys, \
-         the full effectively-once path (changelog commit, outbox publish, marker) per batch of ≤ 500, embedded Tansu. \
-         Rates are measured from the first to the last output.\n\n\
-         | mode | records/s |\n|---|---|\n| partition-sequential (`--max-in-flight 1`) | {sequential:.0} |\n\
-         | key-parallel (`--max-in-flight {in_flight}`) | {parallel:.0} |\n\n**Ratio: {ratio:.1}×** (target ≥ 25×).\n",
-        keyflow_e2e::bench::machine()
-    );
-    keyflow_e2e::bench::write_section("runtime-key-parallel", &body);
-    println!("{body}");
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let machine = keyflow_e2e::bench::machine();
+    if only.is_empty() || only == "key-parallel" {
+        let sequential = run(records, 1, "5ms", "effectively-once").await;
+        eprintln!("sequential: {sequential:.0} records/s");
+        let parallel = run(records, in_flight, "5ms", "effectively-once").await;
+        eprintln!("key-parallel: {parallel:.0} records/s");
+        let ratio = parallel / sequential;
+        let body = format!(
+            "## Runtime: key-parallel ÷ partition-sequential\n\n\
+             `cargo build --release --bins && cargo bench -p keyflow-e2e --bench runtime_throughput` (BENCH_RECORDS={records}, BENCH_IN_FLIGHT={in_flight}), \
+             release build on {machine}, `worker counter --delay 5ms` (5 ms simulated I/O per record) on 1 partition, ~{records} distinct keys, \
+             the full effectively-once path (changelog commit, outbox publish, marker) per batch of ≤ 500, embedded Tansu. \
+             Rates are measured from the first to the last output.\n\n\
+             | mode | records/s |\n|---|---|\n| partition-sequential (`--max-in-flight 1`) | {sequential:.0} |\n\
+             | key-parallel (`--max-in-flight {in_flight}`) | {parallel:.0} |\n\n**Ratio: {ratio:.1}×** (target ≥ 25×).\n",
+        );
+        keyflow_e2e::bench::write_section("runtime-key-parallel", &body);
+        println!("{body}");
+    }
+    if only.is_empty() || only == "guarantee" {
+        // Same worker, no simulated I/O: what the changelog costs. Interleaved rounds, median ratio.
+        let rounds = env("BENCH_ROUNDS", 3);
+        let mut rows = String::new();
+        let mut ratios = Vec::new();
+        for round in 0..rounds {
+            let alo = run(records, in_flight, "0ms", "at-least-once").await;
+            let eo = run(records, in_flight, "0ms", "effectively-once").await;
+            eprintln!("round {round}: at-least-once {alo:.0}/s, effectively-once {eo:.0}/s");
+            rows.push_str(&format!("| {round} | {eo:.0} | {alo:.0} | {:.3} |\n", eo / alo));
+            ratios.push(eo / alo);
+        }
+        ratios.sort_by(f64::total_cmp);
+        let median = ratios[ratios.len() / 2];
+        let body = format!(
+            "## Runtime: effectively-once ÷ at-least-once\n\n\
+             `cargo build --release --bins && BENCH_ONLY=guarantee cargo bench -p keyflow-e2e --bench runtime_throughput` (BENCH_RECORDS={records}, BENCH_ROUNDS={rounds}), \
+             release build on {machine}, `worker counter --delay 0ms --max-in-flight {in_flight}` on 1 partition, ~{records} distinct keys, batches of ≤ 500, embedded Tansu. \
+             At-least-once (`--guarantee at-least-once`, hidden flag) publishes and commits offsets with no changelog; \
+             effectively-once also records each batch's decision (commit record with outbox and state deltas) and its published marker.\n\n\
+             | round | effectively-once records/s | at-least-once records/s | ratio |\n|---|---|---|---|\n{rows}\n\
+             **Median ratio: {median:.3}** (target ≥ 0.85).\n",
+        );
+        keyflow_e2e::bench::write_section("runtime-guarantee", &body);
+        println!("{body}");
+    }
 }

@@ -7,6 +7,8 @@ use std::process::Output;
 
 use keyflow_infra::stack::{Stack, StackOptions};
 
+pub mod counter;
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()

@@ -4,18 +4,15 @@
 //! output even when instances are killed with SIGKILL mid-run, per-key order
 //! holds, re-sent facts are applied once, and poison goes to the DLQ.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+use keyflow_e2e::counter::{expected, outputs, spawn_worker_with, verify_outputs, Tail, START};
 use keyflow_e2e::{bin, options, run, start, text};
 use keyflow_infra::inspect::read_raw;
-use keyflow_producers::gen::Generator;
-use keyflow_producers::orders::{OrderGen, OrderMix};
-use keyflow_schemas::events::{AnyEvent, LoyaltyEvent, OrderEvent};
+use keyflow_schemas::events::OrderEvent;
 use keyflow_schemas::topics::TopicSpec;
 use keyflow_schemas::{Codec, RegistryConfig};
-
-const START: i64 = 1_767_225_600_000;
 
 fn spec(name: &str, partitions: i32) -> TopicSpec {
     TopicSpec {
@@ -28,101 +25,8 @@ fn spec(name: &str, partitions: i32) -> TopicSpec {
     }
 }
 
-/// What the counter must produce: per customer, the orders it counts, in order.
-fn expected(count: u64, seed: u64) -> (BTreeMap<String, Vec<String>>, usize) {
-    let mix = OrderMix { customers: 300, ..OrderMix::default() };
-    let mut g = OrderGen::new(mix, seed, START, 1.0);
-    let mut seen = HashSet::new();
-    let mut per_key: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let mut poison = 0;
-    for _ in 0..count {
-        let p = g.next_event();
-        if let AnyEvent::Order(OrderEvent::OrderPlaced(o)) = p.event {
-            // Every record that breaks the contract goes to the DLQ, re-sent copies too:
-            // only applied facts are remembered as seen.
-            if o.total_minor < 0 {
-                poison += 1;
-                continue;
-            }
-            if !seen.insert(o.metadata.idempotency_key.clone()) {
-                continue;
-            }
-            per_key.entry(o.customer_id.clone()).or_default().push(o.order_id.clone());
-        }
-    }
-    (per_key, poison)
-}
-
 fn spawn_worker(brokers: &str, registry: &str, instance: &str, log: &std::path::Path) -> std::process::Child {
     spawn_worker_with(brokers, registry, instance, log, &[])
-}
-
-fn spawn_worker_with(
-    brokers: &str,
-    registry: &str,
-    instance: &str,
-    log: &std::path::Path,
-    extra: &[&str],
-) -> std::process::Child {
-    let f = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-    // An empty instance id makes a dynamic member (it leaves the group at once on SIGTERM).
-    let membership: &[&str] = if instance.is_empty() { &[] } else { &["--instance-id", instance] };
-    std::process::Command::new(bin("worker"))
-        .args(["counter", "-b", brokers, "--registry", registry])
-        .args(membership)
-        .args(["--max-batch", "200", "--delay", "2ms", "--max-in-flight", "4"])
-        .args(extra)
-        .stdout(std::process::Stdio::null())
-        .stderr(f)
-        .spawn()
-        .unwrap()
-}
-
-/// Checks `loyalty` against the oracle: one record per event_id (copies are
-/// byte-identical), per key the orders of first occurrences in input order
-/// with balances 1..n. Returns the number of raw copies.
-async fn verify_outputs(
-    stack: &keyflow_infra::stack::Stack,
-    codec: &Codec,
-    want: &BTreeMap<String, Vec<String>>,
-) -> usize {
-    let records = read_raw(&stack.kafka, "loyalty", usize::MAX).await.unwrap();
-    let mut by_id: HashMap<String, Vec<u8>> = HashMap::new();
-    let mut copies = 0;
-    let mut got: BTreeMap<String, Vec<(String, i64)>> = BTreeMap::new();
-    for r in &records {
-        let payload = r.payload.clone().unwrap();
-        let e: LoyaltyEvent = codec.decode("loyalty", Some(&payload)).await.unwrap();
-        let LoyaltyEvent::PointsAwarded(p) = e else { panic!("counter emits PointsAwarded only") };
-        if let Some(prev) = by_id.get(&p.metadata.event_id) {
-            assert_eq!(prev, &payload, "two different records share event_id {}", p.metadata.event_id);
-            copies += 1;
-            continue;
-        }
-        by_id.insert(p.metadata.event_id.clone(), payload);
-        got.entry(p.customer_id.clone()).or_default().push((p.order_id.clone(), p.balance));
-    }
-    for (key, orders) in want {
-        let g = got.get(key).unwrap_or_else(|| panic!("no outputs for {key}"));
-        let order_ids: Vec<&String> = g.iter().map(|(o, _)| o).collect();
-        assert_eq!(order_ids, orders.iter().collect::<Vec<_>>(), "per-key order of first occurrences for {key}");
-        let balances: Vec<i64> = g.iter().map(|(_, b)| *b).collect();
-        assert_eq!(balances, (1..=orders.len() as i64).collect::<Vec<_>>(), "exact state for {key}");
-    }
-    copies
-}
-
-/// Distinct output event_ids on `loyalty` and the number of raw copies.
-async fn outputs(stack: &keyflow_infra::stack::Stack, codec: &Codec) -> (HashSet<String>, usize) {
-    let mut ids = HashSet::new();
-    let mut copies = 0;
-    for r in read_raw(&stack.kafka, "loyalty", usize::MAX).await.unwrap() {
-        let e: LoyaltyEvent = codec.decode("loyalty", r.payload.as_deref()).await.unwrap();
-        if !ids.insert(keyflow_schemas::events::TopicEvent::metadata(&e).event_id.clone()) {
-            copies += 1;
-        }
-    }
-    (ids, copies)
 }
 
 /// A stack with the counter's topics and `count` orders (seed 3) on `orders`.
@@ -173,7 +77,7 @@ async fn sigterm_under_load_exits_0_within_10_s_and_a_restart_reprocesses_nothin
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let (ids, _) = outputs(&stack, &codec).await;
+        let (ids, _) = outputs(&stack.kafka, &codec).await;
         if !ids.is_empty() || Instant::now() > deadline {
             break;
         }
@@ -211,14 +115,14 @@ async fn sigterm_under_load_exits_0_within_10_s_and_a_restart_reprocesses_nothin
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(status.success(), "exit status {status}");
-    let (before, _) = outputs(&stack, &codec).await;
+    let (before, _) = outputs(&stack.kafka, &codec).await;
     assert!(before.len() < want_total, "stopped mid-run ({} of {want_total})", before.len());
 
     let mut w = spawn_worker(&brokers, &registry, "a", &log);
     let deadline = Instant::now() + Duration::from_secs(180);
     let (ids, copies) = loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let (ids, copies) = outputs(&stack, &codec).await;
+        let (ids, copies) = outputs(&stack.kafka, &codec).await;
         if ids.len() >= want_total || Instant::now() > deadline {
             break (ids, copies);
         }
@@ -231,42 +135,45 @@ async fn sigterm_under_load_exits_0_within_10_s_and_a_restart_reprocesses_nothin
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn kill_9_mid_run_loses_nothing_duplicates_nothing_and_keeps_per_key_order() {
+async fn kill_9_twenty_times_in_200k_records_loses_nothing_duplicates_nothing_and_keeps_per_key_order() {
     let dir = tempfile::tempdir().unwrap();
-    let count = 20_000u64;
+    let count = 200_000u64;
     let stack = stack_with_orders(dir.path(), count).await;
     let (brokers, registry) = (stack.kafka.brokers.clone(), stack.registry.registry.clone());
     let (want, poison) = expected(count, 3);
     let want_total: usize = want.values().map(Vec::len).sum();
 
     let log = dir.path().join("workers.log");
-    let mut a = spawn_worker(&brokers, &registry, "a", &log);
-    let mut b = spawn_worker(&brokers, &registry, "b", &log);
+    // Small snapshots, so kills also land in and after snapshot writes and restores start from one.
+    let extra = ["--snapshot-interval-bytes", "2000000", "--delay", "0ms", "--max-in-flight", "16"];
+    let spawn = |instance: &str| spawn_worker_with(&brokers, &registry, instance, &log, &extra);
+    let mut a = spawn("a");
+    let mut b = spawn("b");
     let codec = Codec::new(&RegistryConfig::new(&registry)).unwrap();
+    let mut tail = Tail::new(&stack.kafka.brokers, "loyalty", 3);
     let mut kills = 0;
-    let deadline = Instant::now() + Duration::from_secs(300);
+    let deadline = Instant::now() + Duration::from_secs(900);
     let mut distinct = 0;
     let mut last_kill = Instant::now();
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
     while Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let records = read_raw(&stack.kafka, "loyalty", usize::MAX).await.unwrap();
-        let mut ids = HashSet::new();
-        for r in &records {
-            let e: LoyaltyEvent = codec.decode("loyalty", r.payload.as_deref()).await.unwrap();
-            ids.insert(keyflow_schemas::events::TopicEvent::metadata(&e).event_id.clone());
-        }
-        distinct = ids.len();
+        distinct = tail.distinct(&codec).await;
         if distinct >= want_total {
             break;
         }
-        if kills < 6 && distinct > 0 && last_kill.elapsed() > Duration::from_millis(2500) {
+        // SIGKILL one instance at a random moment (every 2-5 s while there is work left)
+        // and bring it back; the last kills leave a quarter of the run to finish.
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let gap = Duration::from_millis(2000 + rng % 3000);
+        if kills < 20 && distinct > 0 && distinct < want_total * 3 / 4 && last_kill.elapsed() > gap {
             last_kill = Instant::now();
-            // SIGKILL one instance mid-run and bring it back.
-            let victim = if kills % 2 == 0 { &mut a } else { &mut b };
+            let (victim, id) = if rng.is_multiple_of(2) { (&mut a, "a") } else { (&mut b, "b") };
             victim.kill().unwrap();
             victim.wait().unwrap();
             kills += 1;
-            *victim = spawn_worker(&brokers, &registry, if kills % 2 == 1 { "a" } else { "b" }, &log);
+            *victim = spawn(id);
         }
     }
     for c in [&mut a, &mut b] {
@@ -280,9 +187,10 @@ async fn kill_9_mid_run_loses_nothing_duplicates_nothing_and_keeps_per_key_order
         "every input caused one output (kills: {kills}); worker logs:\n{}",
         &logs[logs.len().saturating_sub(4000)..]
     );
-    assert!(kills >= 2, "the run was interrupted by kill -9 ({kills} times)");
+    assert!(kills >= 20, "the run was interrupted by kill -9 at least 20 times ({kills})");
+    assert!(logs.contains("state snapshot written"), "snapshots were written during the run");
 
-    let copies = verify_outputs(&stack, &codec, &want).await;
+    let copies = verify_outputs(&stack.kafka, &codec, &want).await;
     let dlq = read_raw(&stack.kafka, "counter.dlq", usize::MAX).await.unwrap();
     let dlq_offsets: HashSet<(String, String)> = dlq
         .iter()
@@ -360,7 +268,7 @@ async fn six_kinds_of_poison_land_in_the_dlq_with_headers_while_good_records_flo
     let mut ids = HashSet::new();
     while Instant::now() < deadline && ids.len() < want_total {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        ids = outputs(&stack, &codec).await.0;
+        ids = outputs(&stack.kafka, &codec).await.0;
     }
     let _ = w.kill();
     let _ = w.wait();
@@ -404,7 +312,7 @@ async fn a_30_s_registry_outage_sends_no_good_record_to_the_dlq_and_processing_r
     let log = dir.path().join("worker.log");
     let mut w = spawn_worker(&brokers, &registry, "a", &log);
     let deadline = Instant::now() + Duration::from_secs(120);
-    while outputs(&stack, &codec).await.0.is_empty() && Instant::now() < deadline {
+    while outputs(&stack.kafka, &codec).await.0.is_empty() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     // Outage: the registry goes away, and the worker restarts with nothing cached.
@@ -427,7 +335,7 @@ async fn a_30_s_registry_outage_sends_no_good_record_to_the_dlq_and_processing_r
     let mut ids = HashSet::new();
     while ids.len() < want_total && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        ids = outputs(&stack, &codec).await.0;
+        ids = outputs(&stack.kafka, &codec).await.0;
     }
     let _ = w.kill();
     let _ = w.wait();
@@ -506,7 +414,7 @@ async fn a_rebalance_storm_keeps_every_invariant() {
     let mut ids = HashSet::new();
     while ids.len() < want_total && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        ids = outputs(&stack, &codec).await.0;
+        ids = outputs(&stack.kafka, &codec).await.0;
     }
     for c in [Some(&mut a), b.as_mut()].into_iter().flatten() {
         let _ = c.kill();
@@ -516,7 +424,105 @@ async fn a_rebalance_storm_keeps_every_invariant() {
     assert_eq!(ids.len(), want_total, "worker logs:\n{}", &logs[logs.len().saturating_sub(3000)..]);
     assert!(toggles >= 9, "{toggles} joins/leaves");
     assert!(!logs.contains("not co-partitioned"));
-    let copies = verify_outputs(&stack, &codec, &want).await;
+    let copies = verify_outputs(&stack.kafka, &codec, &want).await;
     eprintln!("storm: {toggles} joins/leaves, {want_total} outputs, {copies} raw copies");
+    stack.down().await;
+}
+
+/// Value of an unlabelled (or first-labelled) metric sample in a Prometheus text page.
+fn metric(page: &str, name: &str) -> f64 {
+    page.lines()
+        .find(|l| l.starts_with(name) && !l.starts_with('#'))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in:\n{page}"))
+}
+
+async fn wait_ready(addr: &str, log: &std::path::Path) -> String {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Ok(r) = reqwest::get(format!("http://{addr}/ready")).await {
+            if r.status().is_success() {
+                return reqwest::get(format!("http://{addr}/metrics")).await.unwrap().text().await.unwrap();
+            }
+        }
+        assert!(Instant::now() < deadline, "not ready in 120 s:\n{}", std::fs::read_to_string(log).unwrap_or_default());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_restores_from_the_latest_snapshot_without_reading_the_whole_changelog() {
+    let dir = tempfile::tempdir().unwrap();
+    let count = 12_000u64;
+    let stack = stack_with_orders(dir.path(), count).await;
+    let (brokers, registry) = (stack.kafka.brokers.clone(), stack.registry.registry.clone());
+    let codec = Codec::new(&RegistryConfig::new(&registry)).unwrap();
+    let (want, _) = expected(count, 3);
+    let want_total: usize = want.values().map(Vec::len).sum();
+    let log = dir.path().join("worker.log");
+    let extra = ["--snapshot-interval-bytes", "100000", "--max-batch", "50", "--delay", "0ms"];
+    let mut w = spawn_worker_with(&brokers, &registry, "a", &log, &extra);
+    let mut tail = Tail::new(&stack.kafka.brokers, "loyalty", 3);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while tail.distinct(&codec).await < want_total * 2 / 3 && Instant::now() < deadline {}
+    // A crash, not a clean stop: the restore must rebuild everything from the changelog.
+    w.kill().unwrap();
+    w.wait().unwrap();
+    let changelog = read_raw(&stack.kafka, "counter-state", usize::MAX).await.unwrap().len();
+    let addr = format!("127.0.0.1:{}", keyflow_e2e::free_port());
+    let mut w = spawn_worker_with(&brokers, &registry, "a", &log, &[&extra[..], &["--metrics-addr", &addr]].concat());
+    let page = wait_ready(&addr, &log).await;
+    let read = metric(&page, keyflow_schemas::metrics::WORKER_RESTORE_RECORDS) as usize;
+    while tail.distinct(&codec).await < want_total && Instant::now() < deadline {}
+    let _ = w.kill();
+    let _ = w.wait();
+    let logs = std::fs::read_to_string(&log).unwrap();
+    assert!(logs.contains("state snapshot written"), "snapshots were written");
+    assert!(
+        read * 4 < changelog,
+        "the restore read {read} of {changelog} changelog records: it must start at the snapshot"
+    );
+    let copies = verify_outputs(&stack.kafka, &codec, &want).await;
+    eprintln!("restore read {read} of {changelog} changelog records; {copies} raw copies");
+    stack.down().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_while_waiting_out_a_registry_outage_exits_0_within_10_s_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let count = 2_000u64;
+    let mut stack = stack_with_orders(dir.path(), count).await;
+    let (brokers, registry) = (stack.kafka.brokers.clone(), stack.registry.registry.clone());
+    let codec = Codec::new(&RegistryConfig::new(&registry)).unwrap();
+    let (want, _) = expected(count, 3);
+    stack.stop_registry().await;
+    let log = dir.path().join("worker.log");
+    let mut w = spawn_worker(&brokers, &registry, "a", &log);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("registry unavailable") {
+        assert!(Instant::now() < deadline, "the worker never hit the outage");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let term = Instant::now();
+    assert!(std::process::Command::new("kill").args(["-TERM", &w.id().to_string()]).status().unwrap().success());
+    let status = loop {
+        if let Some(s) = w.try_wait().unwrap() {
+            break s;
+        }
+        assert!(term.elapsed() < Duration::from_secs(10), "SIGTERM not honoured during the outage");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "exit status {status}");
+    stack.start_registry().await.unwrap();
+    let mut w = spawn_worker(&brokers, &registry, "a", &log);
+    let want_total: usize = want.values().map(Vec::len).sum();
+    let mut tail = Tail::new(&stack.kafka.brokers, "loyalty", 3);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while tail.distinct(&codec).await < want_total && Instant::now() < deadline {}
+    let _ = w.kill();
+    let _ = w.wait();
+    let copies = verify_outputs(&stack.kafka, &codec, &want).await;
+    assert_eq!(copies, 0, "the abandoned batch was never recorded, so nothing is repeated");
     stack.down().await;
 }

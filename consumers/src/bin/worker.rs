@@ -9,7 +9,7 @@ use clap::Parser;
 use keyflow_consumers::counter::Counter;
 use keyflow_consumers::metrics::WorkerMetrics;
 use keyflow_consumers::preflight;
-use keyflow_consumers::runtime::{self, RuntimeConfig};
+use keyflow_consumers::runtime::{self, Assignor, Guarantee, RuntimeConfig};
 use keyflow_consumers::workers::WorkerKind;
 use keyflow_schemas::client::{parse_duration, KafkaArgs, RegistryArgs};
 use keyflow_schemas::logging::{self, LogFormat};
@@ -41,6 +41,18 @@ struct Args {
     /// Static membership id (`group.instance.id`): a restart gets its partitions back.
     #[arg(long, env = "WORKER_INSTANCE_ID")]
     instance_id: Option<String>,
+    /// Partition assignment: `range` (required for joins and on the embedded
+    /// broker) or `cooperative-sticky` (real Kafka, single-input workers).
+    #[arg(long, value_enum, env = "WORKER_ASSIGNOR", default_value = "range")]
+    assignor: Assignor,
+    /// Snapshot a task's state after this many changelog bytes since its last
+    /// snapshot (at least the snapshot's own size): bounds restore time.
+    #[arg(long, default_value_t = 16 * 1024 * 1024)]
+    snapshot_interval_bytes: u64,
+    /// `at-least-once` skips the changelog (state is lost on restart, inputs
+    /// replay): the baseline the runtime benchmark compares against.
+    #[arg(long, value_enum, default_value = "effectively-once", hide = true)]
+    guarantee: Guarantee,
     /// Input records larger than this go to the DLQ (class `oversized`).
     #[arg(long, default_value_t = 1024 * 1024)]
     max_record_bytes: usize,
@@ -57,9 +69,6 @@ struct Args {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let name = args.worker.name();
-    let partitions = preflight::check_topics(&args.kafka, &args.topics, args.worker, Duration::from_secs(15))?;
-    tracing::info!(worker = name, partitions, "topics checked");
-    let codec = Arc::new(Codec::new(&args.registry.config().map_err(anyhow::Error::msg)?)?);
     let cfg = RuntimeConfig {
         kafka: args.kafka.clone(),
         names: args.topics.clone(),
@@ -69,7 +78,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
         dedupe_retention_ms: args.dedupe_retention.as_millis() as i64,
         instance_id: args.instance_id.clone(),
         max_record_bytes: args.max_record_bytes,
+        assignor: args.assignor,
+        snapshot_interval_bytes: args.snapshot_interval_bytes,
+        guarantee: args.guarantee,
     };
+    cfg.validate().map_err(anyhow::Error::msg)?;
+    let partitions = preflight::check_topics(&args.kafka, &args.topics, args.worker, Duration::from_secs(15))?;
+    tracing::info!(worker = name, partitions, "topics checked");
+    let codec = Arc::new(Codec::new(&args.registry.config().map_err(anyhow::Error::msg)?)?);
+
     let metrics = WorkerMetrics::new(name);
     let ready = Arc::new(AtomicBool::new(false));
     if let Some(addr) = args.metrics_addr {

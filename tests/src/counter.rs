@@ -1,0 +1,156 @@
+//! The `counter` test worker's oracle and tooling, shared by the runtime
+//! tests (real broker) and the broker-fault tests (mock cluster): what it
+//! must output for a seeded order stream, how to run it, and how to check
+//! its output topic.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use keyflow_infra::inspect::read_raw;
+use keyflow_producers::gen::Generator;
+use keyflow_producers::orders::{OrderGen, OrderMix};
+use keyflow_schemas::client::KafkaArgs;
+use keyflow_schemas::events::{AnyEvent, LoyaltyEvent, OrderEvent};
+use keyflow_schemas::Codec;
+
+use crate::bin;
+
+/// Event time of the first generated order.
+pub const START: i64 = 1_767_225_600_000;
+
+/// Customers in the test streams.
+pub const CUSTOMERS: u32 = 300;
+
+/// What the counter must produce: per customer, the orders it counts, in order.
+pub fn expected(count: u64, seed: u64) -> (BTreeMap<String, Vec<String>>, usize) {
+    let mix = OrderMix { customers: CUSTOMERS, ..OrderMix::default() };
+    let mut g = OrderGen::new(mix, seed, START, 1.0);
+    let mut seen = HashSet::new();
+    let mut per_key: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut poison = 0;
+    for _ in 0..count {
+        let p = g.next_event();
+        if let AnyEvent::Order(OrderEvent::OrderPlaced(o)) = p.event {
+            // Every record that breaks the contract goes to the DLQ, re-sent copies too:
+            // only applied facts are remembered as seen.
+            if o.total_minor < 0 {
+                poison += 1;
+                continue;
+            }
+            if !seen.insert(o.metadata.idempotency_key.clone()) {
+                continue;
+            }
+            per_key.entry(o.customer_id.clone()).or_default().push(o.order_id.clone());
+        }
+    }
+    (per_key, poison)
+}
+
+/// Starts `worker counter` (test defaults: small batches, 2 ms simulated I/O;
+/// `extra` overrides them), logging to `log`. An empty `instance` makes a
+/// dynamic member, which leaves the group at once on SIGTERM.
+pub fn spawn_worker_with(
+    brokers: &str,
+    registry: &str,
+    instance: &str,
+    log: &std::path::Path,
+    extra: &[&str],
+) -> std::process::Child {
+    let f = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+    // Test defaults (small batches, a little simulated I/O); `extra` overrides them.
+    let defaults = ["--max-batch", "200", "--delay", "2ms", "--max-in-flight", "4"];
+    let membership: &[&str] = if instance.is_empty() { &[] } else { &["--instance-id", instance] };
+    std::process::Command::new(bin("worker"))
+        .args(["counter", "-b", brokers, "--registry", registry])
+        .args(membership)
+        .args(defaults.chunks(2).filter(|d| !extra.contains(&d[0])).flatten())
+        .args(extra)
+        .stdout(std::process::Stdio::null())
+        .stderr(f)
+        .spawn()
+        .unwrap()
+}
+
+/// Checks `loyalty` against the oracle: one record per event_id (copies are
+/// byte-identical), per key the orders of first occurrences in input order
+/// with balances 1..n. Returns the number of raw copies.
+pub async fn verify_outputs(kafka: &KafkaArgs, codec: &Codec, want: &BTreeMap<String, Vec<String>>) -> usize {
+    let records = read_raw(kafka, "loyalty", usize::MAX).await.unwrap();
+    let mut by_id: HashMap<String, Vec<u8>> = HashMap::new();
+    let mut copies = 0;
+    let mut got: BTreeMap<String, Vec<(String, i64)>> = BTreeMap::new();
+    for r in &records {
+        let payload = r.payload.clone().unwrap();
+        let e: LoyaltyEvent = codec.decode("loyalty", Some(&payload)).await.unwrap();
+        let LoyaltyEvent::PointsAwarded(p) = e else { panic!("counter emits PointsAwarded only") };
+        if let Some(prev) = by_id.get(&p.metadata.event_id) {
+            assert_eq!(prev, &payload, "two different records share event_id {}", p.metadata.event_id);
+            copies += 1;
+            continue;
+        }
+        by_id.insert(p.metadata.event_id.clone(), payload);
+        got.entry(p.customer_id.clone()).or_default().push((p.order_id.clone(), p.balance));
+    }
+    for (key, orders) in want {
+        let g = got.get(key).unwrap_or_else(|| panic!("no outputs for {key}"));
+        let order_ids: Vec<&String> = g.iter().map(|(o, _)| o).collect();
+        assert_eq!(order_ids, orders.iter().collect::<Vec<_>>(), "per-key order of first occurrences for {key}");
+        let balances: Vec<i64> = g.iter().map(|(_, b)| *b).collect();
+        assert_eq!(balances, (1..=orders.len() as i64).collect::<Vec<_>>(), "exact state for {key}");
+    }
+    copies
+}
+
+/// Distinct output event_ids on `loyalty` and the number of raw copies.
+pub async fn outputs(kafka: &KafkaArgs, codec: &Codec) -> (HashSet<String>, usize) {
+    let mut ids = HashSet::new();
+    let mut copies = 0;
+    for r in read_raw(kafka, "loyalty", usize::MAX).await.unwrap() {
+        let e: LoyaltyEvent = codec.decode("loyalty", r.payload.as_deref()).await.unwrap();
+        if !ids.insert(keyflow_schemas::events::TopicEvent::metadata(&e).event_id.clone()) {
+            copies += 1;
+        }
+    }
+    (ids, copies)
+}
+
+/// Reads a topic from the beginning as it grows; counts distinct output event_ids.
+pub struct Tail {
+    consumer: rdkafka::consumer::BaseConsumer,
+    ids: HashSet<String>,
+}
+
+impl Tail {
+    pub fn new(brokers: &str, topic: &str, partitions: i32) -> Self {
+        use rdkafka::consumer::Consumer;
+        let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", "test-tail")
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning).unwrap();
+        }
+        consumer.assign(&tpl).unwrap();
+        Self { consumer, ids: HashSet::new() }
+    }
+
+    /// Reads what arrived until the topic is quiet for a moment; returns the distinct count.
+    pub async fn distinct(&mut self, codec: &Codec) -> usize {
+        use rdkafka::Message;
+        let mut payloads = Vec::new();
+        while let Some(Ok(m)) = self.consumer.poll(Duration::from_millis(300)) {
+            payloads.extend(m.payload().map(<[u8]>::to_vec));
+            if payloads.len() >= 20_000 {
+                break;
+            }
+        }
+        for p in payloads {
+            let e: LoyaltyEvent = codec.decode("loyalty", Some(&p)).await.unwrap();
+            self.ids.insert(keyflow_schemas::events::TopicEvent::metadata(&e).event_id.clone());
+        }
+        self.ids.len()
+    }
+}

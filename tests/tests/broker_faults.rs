@@ -1,0 +1,145 @@
+//! Broker faults, injected with librdkafka's mock cluster (used here for fault
+//! injection only; every other runtime test runs against the real embedded
+//! broker). Two `worker counter` processes run against a 3-broker mock
+//! cluster while it fails produce, fetch, offset-commit and group requests,
+//! takes a broker down and up, and moves partition leaders and the group
+//! coordinator. The invariants must hold: every input causes exactly one
+//! distinct output, per-key order and balances are exact, nothing is lost.
+//!
+//! The mock cluster keeps only the newest ~5 MiB per partition, so the run
+//! is kept small.
+
+use std::time::{Duration, Instant};
+
+use keyflow_e2e::counter::{expected, spawn_worker_with, verify_outputs, Tail, CUSTOMERS, START};
+use keyflow_e2e::{free_port, run, text};
+use keyflow_schemas::client::KafkaArgs;
+use keyflow_schemas::{Codec, RegistryConfig};
+use rdkafka::mocking::{MockCluster, MockCoordinator};
+use rdkafka::types::RDKafkaApiKey as Api;
+use rdkafka::types::RDKafkaRespErr::*;
+
+const PARTITIONS: i32 = 3;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn request_errors_broker_restarts_and_leader_and_coordinator_moves_keep_every_invariant() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = MockCluster::new(3).unwrap();
+    for (topic, partitions) in
+        [("orders", PARTITIONS), ("loyalty", PARTITIONS), ("counter-state", PARTITIONS), ("counter.dlq", 1)]
+    {
+        cluster.create_topic(topic, partitions, 3).unwrap();
+    }
+    let brokers = cluster.bootstrap_servers();
+    let (registry, _stop_registry, _registry_task) =
+        keyflow_infra::stack::start_registry(dir.path(), free_port()).await.unwrap();
+    let count = 6_000u64;
+    let out = run(
+        "producer",
+        &[
+            "orders",
+            "-b",
+            &brokers,
+            "--registry",
+            &registry,
+            "--rate",
+            "0",
+            "--count",
+            &count.to_string(),
+            "--seed",
+            "3",
+            "--start-time",
+            &START.to_string(),
+            "--event-step-ms",
+            "1",
+            "--customers",
+            &CUSTOMERS.to_string(),
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out).1);
+    let (want, _) = expected(count, 3);
+    let want_total: usize = want.values().map(Vec::len).sum();
+    let codec = Codec::new(&RegistryConfig::new(&registry)).unwrap();
+
+    let log = dir.path().join("workers.log");
+    // Dynamic members; 10 ms per record, one at a time, keeps the run going while the faults come.
+    let extra = ["--delay", "10ms", "--max-in-flight", "1", "--max-batch", "100"];
+    let spawn = || spawn_worker_with(&brokers, &registry, "", &log, &extra);
+    let mut workers = vec![spawn(), spawn()];
+    let mut tail = Tail::new(&brokers, "loyalty", PARTITIONS);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let started = Instant::now();
+    let mut step = 0;
+    let mut distinct = 0;
+    while (distinct < want_total || step < 9) && Instant::now() < deadline {
+        distinct = tail.distinct(&codec).await;
+        for w in &mut workers {
+            if let Some(status) = w.try_wait().unwrap() {
+                let logs = std::fs::read_to_string(&log).unwrap_or_default();
+                panic!("a worker exited ({status}) under broker faults:\n{}", &logs[logs.len().saturating_sub(4000)..]);
+            }
+        }
+        // One fault every ~1.5 s once outputs flow, each on a different path.
+        if distinct == 0 || started.elapsed() < Duration::from_millis(1500 * step) {
+            continue;
+        }
+        match step {
+            0 => cluster.request_errors(
+                Api::Produce,
+                &[
+                    RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION,
+                    RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
+                    RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS,
+                ]
+                .repeat(3),
+            ),
+            1 => cluster.request_errors(
+                Api::Fetch,
+                &[RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION, RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART].repeat(3),
+            ),
+            2 => cluster.request_errors(
+                Api::OffsetCommit,
+                &[RD_KAFKA_RESP_ERR_NOT_COORDINATOR, RD_KAFKA_RESP_ERR_COORDINATOR_NOT_AVAILABLE].repeat(3),
+            ),
+            3 => {
+                // A third member joins (a rebalance) while group requests fail.
+                cluster.request_errors(
+                    Api::JoinGroup,
+                    &[RD_KAFKA_RESP_ERR_COORDINATOR_LOAD_IN_PROGRESS, RD_KAFKA_RESP_ERR_NOT_COORDINATOR],
+                );
+                cluster.request_errors(Api::SyncGroup, &[RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS]);
+                cluster.request_errors(Api::Heartbeat, &[RD_KAFKA_RESP_ERR_NOT_COORDINATOR]);
+                workers.push(spawn());
+            }
+            4 => cluster.broker_down(2).unwrap(),
+            6 => cluster.broker_up(2).unwrap(),
+            7 => {
+                for p in 0..PARTITIONS {
+                    for topic in ["orders", "loyalty", "counter-state"] {
+                        cluster.partition_leader(topic, p, Some(1 + (p + 1) % 3)).unwrap();
+                    }
+                }
+            }
+            8 => cluster.coordinator(MockCoordinator::Group("counter".into()), 3).unwrap(),
+            _ => {}
+        }
+        step += 1;
+    }
+    for w in &mut workers {
+        let _ = w.kill();
+        let _ = w.wait();
+    }
+    let logs = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(
+        distinct,
+        want_total,
+        "every input caused one output under faults (steps {step}); logs:\n{}",
+        &logs[logs.len().saturating_sub(4000)..]
+    );
+    assert!(step >= 9, "every fault was injected ({step})");
+    assert!(logs.contains("partitions revoked"), "the third member's join rebalanced the group");
+    let kafka = KafkaArgs { brokers: brokers.clone(), props: vec![] };
+    let copies = verify_outputs(&kafka, &codec, &want).await;
+    eprintln!("broker faults: {want_total} outputs, {copies} raw copies");
+}
