@@ -154,3 +154,21 @@ impl Tail {
         self.ids.len()
     }
 }
+
+/// The last few KiB of a log file, for assertion messages.
+pub fn log_tail(log: &std::path::Path) -> String {
+    let logs = std::fs::read_to_string(log).unwrap_or_default();
+    let mut start = logs.len().saturating_sub(4000);
+    while !logs.is_char_boundary(start) {
+        start += 1;
+    }
+    logs[start..].to_string()
+}
+
+/// Kills worker processes (SIGKILL) and reaps them.
+pub fn kill_all<'a>(workers: impl IntoIterator<Item = &'a mut std::process::Child>) {
+    for w in workers {
+        let _ = w.kill();
+        let _ = w.wait();
+    }
+}

@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use keyflow_e2e::counter::{expected, spawn_worker_with, verify_outputs, Tail, CUSTOMERS, START};
+use keyflow_e2e::counter::{expected, kill_all, log_tail, spawn_worker_with, verify_outputs, Tail, CUSTOMERS, START};
 use keyflow_e2e::{free_port, run, text};
 use keyflow_schemas::client::KafkaArgs;
 use keyflow_schemas::{Codec, RegistryConfig};
@@ -76,8 +76,7 @@ async fn request_errors_broker_restarts_and_leader_and_coordinator_moves_keep_ev
         distinct = tail.distinct(&codec).await;
         for w in &mut workers {
             if let Some(status) = w.try_wait().unwrap() {
-                let logs = std::fs::read_to_string(&log).unwrap_or_default();
-                panic!("a worker exited ({status}) under broker faults:\n{}", &logs[logs.len().saturating_sub(4000)..]);
+                panic!("a worker exited ({status}) under broker faults:\n{}", log_tail(&log));
             }
         }
         // One fault every ~1.5 s once outputs flow, each on a different path.
@@ -126,17 +125,9 @@ async fn request_errors_broker_restarts_and_leader_and_coordinator_moves_keep_ev
         }
         step += 1;
     }
-    for w in &mut workers {
-        let _ = w.kill();
-        let _ = w.wait();
-    }
+    kill_all(&mut workers);
+    assert_eq!(distinct, want_total, "every input caused one output under faults (steps {step}):\n{}", log_tail(&log));
     let logs = std::fs::read_to_string(&log).unwrap_or_default();
-    assert_eq!(
-        distinct,
-        want_total,
-        "every input caused one output under faults (steps {step}); logs:\n{}",
-        &logs[logs.len().saturating_sub(4000)..]
-    );
     assert!(step >= 9, "every fault was injected ({step})");
     assert!(logs.contains("partitions revoked"), "the third member's join rebalanced the group");
     let kafka = KafkaArgs { brokers: brokers.clone(), props: vec![] };

@@ -7,7 +7,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use keyflow_e2e::counter::{expected, outputs, spawn_worker_with, verify_outputs, Tail, START};
+use keyflow_e2e::counter::{expected, kill_all, log_tail, outputs, spawn_worker_with, verify_outputs, Tail, START};
 use keyflow_e2e::{bin, options, run, start, text};
 use keyflow_infra::inspect::read_raw;
 use keyflow_schemas::events::OrderEvent;
@@ -176,17 +176,9 @@ async fn kill_9_twenty_times_in_200k_records_loses_nothing_duplicates_nothing_an
             *victim = spawn(id);
         }
     }
-    for c in [&mut a, &mut b] {
-        let _ = c.kill();
-        let _ = c.wait();
-    }
+    kill_all([&mut a, &mut b]);
+    assert_eq!(distinct, want_total, "every input caused one output (kills: {kills}):\n{}", log_tail(&log));
     let logs = std::fs::read_to_string(&log).unwrap_or_default();
-    assert_eq!(
-        distinct,
-        want_total,
-        "every input caused one output (kills: {kills}); worker logs:\n{}",
-        &logs[logs.len().saturating_sub(4000)..]
-    );
     assert!(kills >= 20, "the run was interrupted by kill -9 at least 20 times ({kills})");
     assert!(logs.contains("state snapshot written"), "snapshots were written during the run");
 
@@ -416,12 +408,9 @@ async fn a_rebalance_storm_keeps_every_invariant() {
         tokio::time::sleep(Duration::from_secs(1)).await;
         ids = outputs(&stack.kafka, &codec).await.0;
     }
-    for c in [Some(&mut a), b.as_mut()].into_iter().flatten() {
-        let _ = c.kill();
-        let _ = c.wait();
-    }
+    kill_all([Some(&mut a), b.as_mut()].into_iter().flatten());
     let logs = std::fs::read_to_string(&log).unwrap_or_default();
-    assert_eq!(ids.len(), want_total, "worker logs:\n{}", &logs[logs.len().saturating_sub(3000)..]);
+    assert_eq!(ids.len(), want_total, "worker logs:\n{}", log_tail(&log));
     assert!(toggles >= 9, "{toggles} joins/leaves");
     assert!(!logs.contains("not co-partitioned"));
     let copies = verify_outputs(&stack.kafka, &codec, &want).await;
