@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //!
-//! - [`workers`]: the four workers' topology (inputs, outputs, state topic).
+//! - [`workers`]: the four workers (payment, fulfillment, loyalty,
+//!   publication) as pure rules, and their topology (inputs, output, state topic).
 //! - [`changelog`]: record the decision, then publish it — entries and restore.
 //! - [`task`]: the [`task::Worker`] trait and a batch applied under per-key
 //!   state with dedupe, offset guard and per-key order (pure, no Kafka).
@@ -13,9 +14,6 @@
 //! - [`preflight`]: checks a worker makes before it joins its group — its
 //!   input topics exist and co-partitioned inputs agree on partition count.
 //!
-//! The runtime (ordering, effectively-once, state, DLQ, metrics) is being
-//! built next (issue #5); until then `worker <name>` runs the preflight and
-//! stops.
 
 pub mod changelog;
 pub mod counter;

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use keyflow_schemas::client::KafkaArgs;
 use keyflow_schemas::events::*;
+use keyflow_schemas::headers;
 use keyflow_schemas::kafka::{client_config, PRODUCER_DEFAULTS};
 use keyflow_schemas::topics::{dlq_topic, state_topic, TopicNames};
 use keyflow_schemas::{Codec, CodecError};
@@ -462,7 +463,10 @@ async fn decode(codec: &Codec, m: &BorrowedMessage<'_>, names: &TopicNames) -> R
         return Err(CodecError::Contract(format!("record key '{key}' is not the event's key '{}'", event.key())));
     }
     let traceparent = m.headers().and_then(|h| {
-        h.iter().find(|h| h.key == "traceparent").and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned())
+        h.iter()
+            .find(|h| h.key == headers::TRACEPARENT)
+            .and_then(|h| h.value)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
     });
     Ok(Input { topic: topic.to_string(), partition: m.partition(), offset: m.offset(), key, event, traceparent })
 }
@@ -474,7 +478,7 @@ fn dlq_record(worker: &str, names: &TopicNames, m: &BorrowedMessage<'_>, class: 
     let payload = m.payload().unwrap_or_default();
     let mut extra = vec![];
     let value = if class == "oversized" {
-        extra.push(("original.size".to_string(), payload.len().to_string().into_bytes()));
+        extra.push((headers::ORIGINAL_SIZE.to_string(), payload.len().to_string().into_bytes()));
         payload[..payload.len().min(DLQ_OVERSIZED_KEEP_BYTES)].to_vec()
     } else {
         payload.to_vec()
@@ -486,12 +490,12 @@ fn dlq_record(worker: &str, names: &TopicNames, m: &BorrowedMessage<'_>, class: 
         headers: extra
             .into_iter()
             .chain([
-                ("error.class".into(), class.as_bytes().to_vec()),
-                ("error.message".into(), message.as_bytes().to_vec()),
-                ("source.topic".into(), m.topic().as_bytes().to_vec()),
-                ("source.partition".into(), m.partition().to_string().into_bytes()),
-                ("source.offset".into(), m.offset().to_string().into_bytes()),
-                ("worker".into(), worker.as_bytes().to_vec()),
+                (headers::ERROR_CLASS.into(), class.as_bytes().to_vec()),
+                (headers::ERROR_MESSAGE.into(), message.as_bytes().to_vec()),
+                (headers::SOURCE_TOPIC.into(), m.topic().as_bytes().to_vec()),
+                (headers::SOURCE_PARTITION.into(), m.partition().to_string().into_bytes()),
+                (headers::SOURCE_OFFSET.into(), m.offset().to_string().into_bytes()),
+                (headers::WORKER.into(), worker.as_bytes().to_vec()),
             ])
             .collect(),
     }
@@ -700,11 +704,16 @@ impl<W: Worker> Runtime<W> {
                         return Err(stopping);
                     }
                 };
-            let mut headers = vec![];
+            let mut hs = vec![
+                (headers::CAUSE_TOPIC.to_string(), o.cause_topic.as_bytes().to_vec()),
+                (headers::CAUSE_PARTITION.to_string(), p.to_string().into_bytes()),
+                (headers::CAUSE_OFFSET.to_string(), o.cause_offset.to_string().into_bytes()),
+            ];
             if let Some(t) = &o.traceparent {
-                headers.push(("traceparent".to_string(), t.as_bytes().to_vec()));
+                let child = headers::child_traceparent(t, &o.event.metadata().event_id);
+                hs.push((headers::TRACEPARENT.to_string(), child.into_bytes()));
             }
-            outbox.push(OutboxRecord { topic, key: o.event.key().to_string(), value, headers });
+            outbox.push(OutboxRecord { topic, key: o.event.key().to_string(), value, headers: hs });
             output_types.push(o.event.record_name());
         }
         let now =

@@ -189,7 +189,9 @@ impl Outcome {
 pub struct Output {
     pub event: AnyEvent,
     pub traceparent: Option<String>,
-    /// Offset of the input that caused it (outputs are in input order per key).
+    /// Topic and offset of the input that caused it (outputs are in input
+    /// order per key; the partition is the task's).
+    pub cause_topic: String,
     pub cause_offset: i64,
 }
 
@@ -298,6 +300,7 @@ pub async fn process_batch<W: Worker>(
         outputs.extend(events.into_iter().map(|event| Output {
             event,
             traceparent: input.traceparent.clone(),
+            cause_topic: input.topic.clone(),
             cause_offset: input.offset,
         }));
         outcomes.push(outcome);

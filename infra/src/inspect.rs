@@ -25,6 +25,92 @@ pub struct RawRecord {
     pub payload: Option<Vec<u8>>,
 }
 
+impl RawRecord {
+    fn from_message(m: &rdkafka::message::BorrowedMessage<'_>) -> Self {
+        let headers = m
+            .headers()
+            .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec))).collect())
+            .unwrap_or_default();
+        RawRecord {
+            partition: m.partition(),
+            offset: m.offset(),
+            timestamp: m.timestamp().to_millis(),
+            key: m.key().map(<[u8]>::to_vec),
+            headers,
+            payload: m.payload().map(<[u8]>::to_vec),
+        }
+    }
+
+    /// A header's value as text.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| v.as_deref())
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    }
+
+    /// The key as text (empty when null).
+    pub fn key_text(&self) -> String {
+        self.key.as_deref().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default()
+    }
+}
+
+/// Streams one partition from its low to its high watermark (as of the
+/// call) in batches through a bounded channel, so a reader of millions of
+/// records holds only a few batches at a time. A read error ends the stream
+/// with an `Err` item.
+pub fn stream_partition(
+    kafka: &KafkaArgs,
+    topic: &str,
+    partition: i32,
+) -> anyhow::Result<tokio::sync::mpsc::Receiver<anyhow::Result<Vec<RawRecord>>>> {
+    let timeout = Duration::from_secs(15);
+    let consumer: BaseConsumer =
+        client_config(kafka, &[("group.id", "keyflow-devstack-read"), ("enable.auto.commit", "false")])?.create()?;
+    let (low, high) = consumer.fetch_watermarks(topic, partition, timeout)?;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    if high <= low {
+        return Ok(rx);
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(low))?;
+    consumer.assign(&tpl)?;
+    let topic = topic.to_string();
+    std::thread::spawn(move || {
+        let mut batch = Vec::with_capacity(1024);
+        let mut last_progress = Instant::now();
+        loop {
+            match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) if m.offset() < high => {
+                    last_progress = Instant::now();
+                    let done = m.offset() + 1 >= high;
+                    batch.push(RawRecord::from_message(&m));
+                    if (batch.len() >= 1024 || done) && tx.blocking_send(Ok(std::mem::take(&mut batch))).is_err() {
+                        return;
+                    }
+                    if done {
+                        return;
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    let _ = tx.blocking_send(Err(anyhow::anyhow!("reading {topic}[{partition}]: {e}")));
+                    return;
+                }
+                None if last_progress.elapsed() > Duration::from_secs(120) => {
+                    let _ = tx.blocking_send(Err(anyhow::anyhow!(
+                        "reading {topic}[{partition}] stalled for 120 s before offset {high}"
+                    )));
+                    return;
+                }
+                None => {}
+            }
+        }
+    });
+    Ok(rx)
+}
+
 /// Reads up to `limit` records of `topic` from the beginning of every
 /// partition, stopping at the end of the topic (its high watermarks when the
 /// read starts), ordered by partition then offset.
@@ -60,18 +146,7 @@ pub async fn read_raw(kafka: &KafkaArgs, topic: &str, limit: usize) -> anyhow::R
                     if m.offset() >= high {
                         continue;
                     }
-                    let headers = m
-                        .headers()
-                        .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec))).collect())
-                        .unwrap_or_default();
-                    out.push(RawRecord {
-                        partition: m.partition(),
-                        offset: m.offset(),
-                        timestamp: m.timestamp().to_millis(),
-                        key: m.key().map(<[u8]>::to_vec),
-                        headers,
-                        payload: m.payload().map(<[u8]>::to_vec),
-                    });
+                    out.push(RawRecord::from_message(&m));
                 }
                 Some(Err(e)) => return Err(e.into()),
                 None => {}

@@ -10,6 +10,7 @@
 //! - [`stack`]: `devstack up` / `devstack init`.
 //! - [`smoke`]: produce and read back one event of every type.
 //! - [`inspect`]: list topics and print decoded records.
+//! - [`verify`]: DOMAIN.md's invariants checked over the topics of any cluster.
 
 pub mod broker;
 pub mod inspect;
@@ -17,3 +18,4 @@ pub mod kafka;
 pub mod registry;
 pub mod smoke;
 pub mod stack;
+pub mod verify;

@@ -39,14 +39,6 @@ struct Pending {
     event_id: String,
 }
 
-/// W3C trace context for a producer event: a new trace rooted at this event.
-fn traceparent(event_id: &str) -> String {
-    let hex: String = event_id.chars().filter(|c| c.is_ascii_hexdigit()).collect();
-    let trace = format!("{hex:0>32}");
-    let span = &trace[trace.len() - 16..];
-    format!("00-{}-{span}-01", &trace[..32])
-}
-
 /// The producing end of a run.
 pub struct Sink {
     producer: FutureProducer,
@@ -74,8 +66,10 @@ impl Sink {
         let topic = self.names.get(p.event.default_topic());
         let payload = self.encode(&topic, &p.event).await?;
         let meta = p.event.metadata();
-        let headers =
-            OwnedHeaders::new().insert(Header { key: "traceparent", value: Some(&traceparent(&meta.event_id)) });
+        let headers = OwnedHeaders::new().insert(Header {
+            key: keyflow_schemas::headers::TRACEPARENT,
+            value: Some(&keyflow_schemas::headers::root_traceparent(&meta.event_id)),
+        });
         let mut record = FutureRecord::to(&topic).key(p.event.key()).payload(&payload).headers(headers);
         loop {
             match self.producer.send_result(record) {
@@ -153,18 +147,5 @@ async fn track(mut rx: mpsc::Receiver<Pending>, stats: Arc<Stats>) {
             },
             else => break,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn traceparent_is_w3c_shaped_and_stable() {
-        let t = traceparent("7d5b6a58-3c2e-4f0a-9b1c-2d3e4f5a6b7c");
-        assert_eq!(t, traceparent("7d5b6a58-3c2e-4f0a-9b1c-2d3e4f5a6b7c"));
-        let parts: Vec<&str> = t.split('-').collect();
-        assert_eq!((parts[0], parts[1].len(), parts[2].len(), parts[3]), ("00", 32, 16, "01"));
     }
 }

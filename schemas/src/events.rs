@@ -347,6 +347,10 @@ macro_rules! topic_event {
 
         $(impl From<$variant> for $enum {
             fn from(e: $variant) -> Self { Self::$variant(e) }
+        }
+
+        impl From<$variant> for AnyEvent {
+            fn from(e: $variant) -> Self { $enum::$variant(e).into() }
         })*
     };
 }

@@ -10,9 +10,14 @@ use keyflow_consumers::counter::Counter;
 use keyflow_consumers::metrics::WorkerMetrics;
 use keyflow_consumers::preflight;
 use keyflow_consumers::runtime::{self, Assignor, Guarantee, RuntimeConfig};
-use keyflow_consumers::workers::WorkerKind;
+use keyflow_consumers::workers::fulfillment::Fulfillment;
+use keyflow_consumers::workers::loyalty::Loyalty;
+use keyflow_consumers::workers::payment::Payment;
+use keyflow_consumers::workers::publication::Publication;
+use keyflow_consumers::workers::{Retention, WorkerKind};
 use keyflow_schemas::client::{parse_duration, KafkaArgs, RegistryArgs};
 use keyflow_schemas::logging::{self, LogFormat};
+use keyflow_schemas::rules::RuleArgs;
 use keyflow_schemas::topics::TopicNames;
 use keyflow_schemas::Codec;
 
@@ -62,9 +67,32 @@ struct Args {
     /// Test worker only: simulated dependency latency per record.
     #[arg(long, value_parser = parse_duration, default_value = "0ms", hide = true)]
     delay: Duration,
+    #[command(flatten)]
+    rules: WorkerRules,
     /// Log format (logs go to stderr).
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
+}
+
+/// Settings of the workers' own state.
+#[derive(Debug, clap::Args)]
+#[command(next_help_heading = "Business rules")]
+struct WorkerRules {
+    #[command(flatten)]
+    rules: RuleArgs,
+    /// payment: simulated payment-gateway latency per order.
+    #[arg(long, value_parser = parse_duration, default_value = "0ms", env = "PAYMENT_GATEWAY_LATENCY")]
+    gateway_latency: Duration,
+    /// How long (event time) finished orders, awards and evaluated requests are
+    /// remembered per key for late events about them (a cancellation, a void).
+    #[arg(long, value_parser = parse_duration, default_value = "30d")]
+    state_retention: Duration,
+}
+
+impl WorkerRules {
+    fn retention(&self) -> Retention {
+        Retention { ms: self.state_retention.as_millis() as i64 }
+    }
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -83,6 +111,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         guarantee: args.guarantee,
     };
     cfg.validate().map_err(anyhow::Error::msg)?;
+    args.rules.rules.validate().map_err(anyhow::Error::msg)?;
     let partitions = preflight::check_topics(&args.kafka, &args.topics, args.worker, Duration::from_secs(15))?;
     tracing::info!(worker = name, partitions, "topics checked");
     let codec = Arc::new(Codec::new(&args.registry.config().map_err(anyhow::Error::msg)?)?);
@@ -107,9 +136,33 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .map_err(anyhow::Error::msg)?;
     }
     let shutdown = keyflow_schemas::process::shutdown_signal();
+    let r = &args.rules;
     match args.worker {
+        WorkerKind::Payment => {
+            let w = Payment {
+                currencies: r.rules.currencies.clone(),
+                spend_limit_minor: r.rules.spend_limit_minor,
+                window_ms: r.rules.window_ms(),
+                gateway_latency: r.gateway_latency,
+                retention: r.retention(),
+            };
+            runtime::run(w, cfg, codec, metrics, ready, shutdown).await
+        }
+        WorkerKind::Fulfillment => {
+            runtime::run(Fulfillment { retention: r.retention() }, cfg, codec, metrics, ready, shutdown).await
+        }
+        WorkerKind::Loyalty => {
+            runtime::run(Loyalty { retention: r.retention() }, cfg, codec, metrics, ready, shutdown).await
+        }
+        WorkerKind::Publication => {
+            let w = Publication {
+                moderated_terms: r.rules.moderated_terms.clone(),
+                moderated_image_patterns: r.rules.moderated_image_patterns.clone(),
+                retention: r.retention(),
+            };
+            runtime::run(w, cfg, codec, metrics, ready, shutdown).await
+        }
         WorkerKind::Counter => runtime::run(Counter { delay: args.delay }, cfg, codec, metrics, ready, shutdown).await,
-        other => anyhow::bail!("worker {}: its business rules are not built yet (issue #6)", other.name()),
     }
 }
 

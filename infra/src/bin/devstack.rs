@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use keyflow_infra::stack::{self, Stack, StackOptions};
-use keyflow_infra::{inspect, kafka, smoke};
+use keyflow_infra::{inspect, kafka, smoke, verify};
 use keyflow_schemas::client::{KafkaArgs, RegistryArgs};
 use keyflow_schemas::logging::{self, LogFormat};
+use keyflow_schemas::rules::RuleArgs;
+use keyflow_schemas::topics::TopicNames;
 use keyflow_schemas::Codec;
 
 #[derive(Debug, Parser)]
@@ -91,6 +93,22 @@ enum Cmd {
         #[command(flatten)]
         kafka: KafkaArgs,
         /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check DOMAIN.md's invariants over the topics (any cluster): counts per
+    /// invariant, raw copies, each violation with key, topic and offset.
+    /// Exit status 2 when an invariant is broken.
+    Verify {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        #[command(flatten)]
+        registry: RegistryArgs,
+        #[command(flatten)]
+        topics: TopicNames,
+        #[command(flatten)]
+        rules: RuleArgs,
+        /// Print the report as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -224,6 +242,19 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 for (n, p) in &topics {
                     println!("{n:<32} {p:>3} partitions");
                 }
+            }
+        }
+        Cmd::Verify { kafka, registry, topics, rules, json } => {
+            let codec = Codec::new(&registry.config().map_err(anyhow::Error::msg)?)?;
+            let settings = verify::Settings { names: topics, rules };
+            let report = verify::verify(&kafka, &codec, &settings, |p| eprintln!("verify: {p}")).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.text());
+            }
+            if !report.ok {
+                std::process::exit(2);
             }
         }
         Cmd::Peek { topic, kafka, registry, count, json } => {
