@@ -67,7 +67,11 @@ pub fn stream_partition(
 ) -> anyhow::Result<tokio::sync::mpsc::Receiver<anyhow::Result<Vec<RawRecord>>>> {
     let timeout = Duration::from_secs(15);
     let consumer: BaseConsumer =
-        client_config(kafka, &[("group.id", "keyflow-devstack-read"), ("enable.auto.commit", "false")])?.create()?;
+        client_config(
+        kafka,
+        &[("group.id", "keyflow-devstack-read"), ("enable.auto.commit", "false"), ("queued.max.messages.kbytes", "16384")],
+    )?
+    .create()?;
     let (low, high) = consumer.fetch_watermarks(topic, partition, timeout)?;
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     if high <= low {

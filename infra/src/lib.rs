@@ -11,10 +11,14 @@
 //! - [`smoke`]: produce and read back one event of every type.
 //! - [`inspect`]: list topics and print decoded records.
 //! - [`verify`]: DOMAIN.md's invariants checked over the topics of any cluster.
+//! - [`pipeline`]: worker and producer processes on one machine (kill -9, drain).
+//! - [`demo`]: `devstack demo`, the whole pipeline in one command.
 
 pub mod broker;
+pub mod demo;
 pub mod inspect;
 pub mod kafka;
+pub mod pipeline;
 pub mod registry;
 pub mod smoke;
 pub mod stack;

@@ -95,6 +95,9 @@ pub struct Report {
     pub violations: Vec<Violation>,
     /// Distinct events per record type.
     pub events: BTreeMap<String, u64>,
+    /// Outputs per rule branch (`payment: PaymentDeclined SPEND_LIMIT_EXCEEDED`,
+    /// `loyalty: PointsAwarded x2`…), to see which rules a run exercised.
+    pub branches: BTreeMap<String, u64>,
     /// Byte-identical copies of an earlier record (same `event_id`), per topic.
     pub raw_copies: BTreeMap<String, u64>,
     pub raw_copies_total: u64,
@@ -118,9 +121,9 @@ impl Report {
     /// The human-readable report.
     pub fn text(&self) -> String {
         let mut s = String::new();
-        s.push_str(&format!("{:<4}{:<84}{:>10}{:>12}\n", "#", "invariant", "checked", "violations"));
+        s.push_str(&format!("{:<3}{:<92}{:>10}{:>11}\n", "#", "invariant", "checked", "violations"));
         for i in &self.invariants {
-            s.push_str(&format!("{:<4}{:<84}{:>10}{:>12}\n", i.id, i.name, i.checked, i.violations));
+            s.push_str(&format!("{:<3}{:<92}{:>10}{:>11}\n", i.id, i.name, i.checked, i.violations));
         }
         let join = |m: &BTreeMap<String, u64>| {
             let parts: Vec<String> = m.iter().map(|(k, v)| format!("{k} {v}")).collect();
@@ -131,6 +134,10 @@ impl Report {
             }
         };
         s.push_str(&format!("\nevents (distinct): {}\n", join(&self.events)));
+        s.push_str("rule branches:\n");
+        for (b, n) in &self.branches {
+            s.push_str(&format!("  {b:<64}{n:>10}\n"));
+        }
         s.push_str(&format!("raw copies: {} ({})\n", self.raw_copies_total, join(&self.raw_copies)));
         s.push_str(&format!(
             "re-sent facts: {}, stale contract updates: {}, requests pending a contract: {}\n",
@@ -178,6 +185,7 @@ struct Tally {
     violations: Vec<Violation>,
     violation_count: u64,
     events: BTreeMap<String, u64>,
+    branches: BTreeMap<String, u64>,
     raw_copies: BTreeMap<String, u64>,
     resent: u64,
     stale: u64,
@@ -198,6 +206,7 @@ impl Tally {
             violations: vec![],
             violation_count: 0,
             events: BTreeMap::new(),
+            branches: BTreeMap::new(),
             raw_copies: BTreeMap::new(),
             resent: 0,
             stale: 0,
@@ -233,6 +242,10 @@ impl Tally {
                 message,
             });
         }
+    }
+
+    fn branch(&mut self, name: String) {
+        *self.branches.entry(name).or_default() += 1;
     }
 
     fn hop(&mut self, name: &str, from: Option<i64>, to: i64) {
@@ -276,7 +289,20 @@ struct Ctx<'a> {
     settings: &'a Settings,
 }
 
+/// One partition being read in the background (`None`: the topic does not exist).
+type Stream = Option<tokio::sync::mpsc::Receiver<anyhow::Result<Vec<RawRecord>>>>;
+
 impl Ctx<'_> {
+    /// Starts reading partition `p` of each of `topics` at once, so their
+    /// connection and first fetch overlap; each is then consumed in turn.
+    fn open<const N: usize>(&self, topics: [&str; N], p: i32) -> anyhow::Result<[Stream; N]> {
+        let mut out = Vec::with_capacity(N);
+        for topic in topics {
+            out.push(if self.existing.contains_key(topic) { Some(stream_partition(self.kafka, topic, p)?) } else { None });
+        }
+        out.try_into().map_err(|_| anyhow::anyhow!("one stream per topic"))
+    }
+
     fn dlq(&self, worker: &str, topic: &str, p: i32, offset: i64) -> bool {
         self.dlq.contains(&(worker.to_string(), topic.to_string(), p, offset))
     }
@@ -290,16 +316,13 @@ impl Ctx<'_> {
         &self,
         t: &mut Tally,
         ids: &mut HashMap<String, u64>,
-        topic: &str,
+        (topic, stream): (&str, Stream),
         p: i32,
         output_inv: Option<u8>,
         mut f: impl FnMut(&mut Tally, Rec<E>),
     ) -> anyhow::Result<Timestamps> {
         let mut stamps = Timestamps::default();
-        if !self.existing.contains_key(topic) {
-            return Ok(stamps);
-        }
-        let mut rx = stream_partition(self.kafka, topic, p)?;
+        let Some(mut rx) = stream else { return Ok(stamps) };
         while let Some(batch) = rx.recv().await {
             for r in batch? {
                 t.records += 1;
@@ -478,6 +501,8 @@ struct LoyaltyOwed {
     awarded: bool,
     order_id: String,
     points: i64,
+    /// Tier multiplier of an award.
+    multiplier: i64,
     balance: i64,
     seen: u32,
     key: String,
@@ -492,10 +517,12 @@ async fn order_family(ctx: &Ctx<'_>, t: &mut Tally, p: i32) -> anyhow::Result<()
     let mut orders: HashMap<String, Order> = HashMap::new();
     let mut payers: HashMap<String, Payer> = HashMap::new();
     let rules = &ctx.settings.rules;
+    let [s_orders, s_payments, s_fulfillments, s_loyalty] =
+        ctx.open([orders_t.as_str(), &payments_t, &fulfillments_t, &loyalty_t], p)?;
 
     // 1. orders: recompute every payment decision and which voids are owed.
     let order_ts = ctx
-        .read::<OrderEvent>(t, &mut ids, &orders_t, p, None, |t, r| {
+        .read::<OrderEvent>(t, &mut ids, (&orders_t, s_orders), p, None, |t, r| {
             let payer = payers.entry(r.key.clone()).or_default();
             if !payer.idempotency_keys.insert(r.event.metadata().idempotency_key.clone()) {
                 t.resent += 1;
@@ -541,7 +568,7 @@ async fn order_family(ctx: &Ctx<'_>, t: &mut Tally, p: i32) -> anyhow::Result<()
     let mut owed: HashMap<String, LoyaltyOwed> = HashMap::new();
     let mut order_check = OrderCheck::default();
     let payment_ts = ctx
-        .read::<PaymentEvent>(t, &mut ids, &payments_t, p, Some(1), |t, r| {
+        .read::<PaymentEvent>(t, &mut ids, (&payments_t, s_payments), p, Some(1), |t, r| {
             let at = At { key: &r.key, topic: &payments_t, partition: p, offset: r.offset };
             order_check.check(t, &payments_t, p, &r);
             let (order_id, decision) = match &r.event {
@@ -558,6 +585,10 @@ async fn order_family(ctx: &Ctx<'_>, t: &mut Tally, p: i32) -> anyhow::Result<()
                 );
             };
             t.hop(&format!("{orders_t} → {payments_t}"), r.cause.as_ref().and_then(|(_, off)| order_ts.at(*off)), r.ts);
+            t.branch(match &r.event {
+                PaymentEvent::PaymentDeclined(d) => format!("payment: PaymentDeclined {}", enum_name(d.reason)),
+                other => format!("payment: {}", other.record_name()),
+            });
             let cause = r.event.metadata().causation_id.clone().unwrap_or_default();
             match decision {
                 Some(d) => {
@@ -604,18 +635,19 @@ async fn order_family(ctx: &Ctx<'_>, t: &mut Tally, p: i32) -> anyhow::Result<()
                 return;
             }
             let m = members.entry(r.key.clone()).or_default();
-            let (awarded, points) = match &r.event {
+            let (awarded, points, multiplier) = match &r.event {
                 PaymentEvent::PaymentAuthorized(a) if !m.orders.contains_key(&a.order_id) => {
-                    let points = a.amount_minor / 100 * tier_multiplier(m.awarded);
+                    let multiplier = tier_multiplier(m.awarded);
+                    let points = a.amount_minor / 100 * multiplier;
                     m.awarded += points;
                     m.orders.insert(a.order_id.clone(), (points, false));
-                    (true, points)
+                    (true, points, multiplier)
                 }
                 PaymentEvent::PaymentVoided(v) => match m.orders.get_mut(&v.order_id) {
                     Some((points, revoked @ false)) => {
                         *revoked = true;
                         m.revoked += *points;
-                        (false, *points)
+                        (false, *points, 0)
                     }
                     _ => return,
                 },
@@ -627,6 +659,7 @@ async fn order_family(ctx: &Ctx<'_>, t: &mut Tally, p: i32) -> anyhow::Result<()
                     awarded,
                     order_id: order_id.clone(),
                     points,
+                    multiplier,
                     balance: m.awarded - m.revoked,
                     seen: 0,
                     key: r.key.clone(),
@@ -638,7 +671,7 @@ async fn order_family(ctx: &Ctx<'_>, t: &mut Tally, p: i32) -> anyhow::Result<()
 
     // 3. fulfillments: one outcome per order, consistent with what it joined.
     let mut order_check = OrderCheck::default();
-    ctx.read::<FulfillmentEvent>(t, &mut ids, &fulfillments_t, p, Some(2), |t, r| {
+    ctx.read::<FulfillmentEvent>(t, &mut ids, (&fulfillments_t, s_fulfillments), p, Some(2), |t, r| {
         let at = At { key: &r.key, topic: &fulfillments_t, partition: p, offset: r.offset };
         order_check.check(t, &fulfillments_t, p, &r);
         if let Some((topic, off)) = &r.cause {
@@ -649,6 +682,10 @@ async fn order_family(ctx: &Ctx<'_>, t: &mut Tally, p: i32) -> anyhow::Result<()
             FulfillmentEvent::OrderFulfilled(f) => &f.order_id,
             FulfillmentEvent::FulfillmentCancelled(c) => &c.order_id,
         };
+        t.branch(match &r.event {
+            FulfillmentEvent::FulfillmentCancelled(c) => format!("fulfillment: FulfillmentCancelled {}", enum_name(c.reason)),
+            other => format!("fulfillment: {}", other.record_name()),
+        });
         let Some(o) = orders.get_mut(order_id.as_str()) else {
             return t.fail(2, &at, format!("an outcome for order {order_id}, which is not on {orders_t}"));
         };
@@ -669,7 +706,7 @@ async fn order_family(ctx: &Ctx<'_>, t: &mut Tally, p: i32) -> anyhow::Result<()
 
     // 4. loyalty: each owed event once, with the replayed points and balance.
     let mut order_check = OrderCheck::default();
-    ctx.read::<LoyaltyEvent>(t, &mut ids, &loyalty_t, p, Some(4), |t, r| {
+    ctx.read::<LoyaltyEvent>(t, &mut ids, (&loyalty_t, s_loyalty), p, Some(4), |t, r| {
         let at = At { key: &r.key, topic: &loyalty_t, partition: p, offset: r.offset };
         order_check.check(t, &loyalty_t, p, &r);
         t.hop(&format!("{payments_t} → {loyalty_t}"), r.cause.as_ref().and_then(|(_, off)| payment_ts.at(*off)), r.ts);
@@ -693,6 +730,10 @@ async fn order_family(ctx: &Ctx<'_>, t: &mut Tally, p: i32) -> anyhow::Result<()
                 w.points,
                 w.balance
             )
+        });
+        t.branch(match &r.event {
+            LoyaltyEvent::PointsAwarded(_) => format!("loyalty: PointsAwarded x{}", w.multiplier),
+            other => format!("loyalty: {}", other.record_name()),
         });
         if awarded {
             if let Some(pl) = orders.get(order_id.as_str()).and_then(|o| o.placed.as_ref()) {
@@ -764,9 +805,13 @@ fn moderation(rules: &RuleArgs, r: &PublicationApprovalRequested) -> Vec<String>
     out
 }
 
+/// The Avro symbol of an enum value (`SPEND_LIMIT_EXCEEDED`).
+fn enum_name(v: impl Serialize) -> String {
+    serde_json::to_value(v).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+}
+
 fn contract_reason(s: ContractStatus) -> String {
-    let name = serde_json::to_value(s).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
-    format!("CONTRACT_{name}")
+    format!("CONTRACT_{}", enum_name(s))
 }
 
 async fn property_family(ctx: &Ctx<'_>, t: &mut Tally, p: i32) -> anyhow::Result<()> {
@@ -775,8 +820,10 @@ async fn property_family(ctx: &Ctx<'_>, t: &mut Tally, p: i32) -> anyhow::Result
     let evaluations_t = n.get(EvaluationEvent::DEFAULT_TOPIC);
     let mut ids = HashMap::new();
     let mut props: HashMap<String, Property> = HashMap::new();
+    let [s_contracts, s_properties, s_evaluations] =
+        ctx.open([contracts_t.as_str(), &properties_t, &evaluations_t], p)?;
     let contract_ts = ctx
-        .read::<ContractEvent>(t, &mut ids, &contracts_t, p, None, |t, r| {
+        .read::<ContractEvent>(t, &mut ids, (&contracts_t, s_contracts), p, None, |t, r| {
             let ContractEvent::ContractStatusChanged(c) = &r.event;
             let prop = props.entry(r.key.clone()).or_default();
             if !prop.idempotency_keys.insert(c.metadata.idempotency_key.clone()) {
@@ -788,6 +835,7 @@ async fn property_family(ctx: &Ctx<'_>, t: &mut Tally, p: i32) -> anyhow::Result
             }
             if prop.held.is_some_and(|h| c.contract_last_modified_on < h) {
                 t.stale += 1;
+                t.branch("publication: stale contract update ignored".into());
                 return;
             }
             prop.held = Some(c.contract_last_modified_on);
@@ -798,7 +846,7 @@ async fn property_family(ctx: &Ctx<'_>, t: &mut Tally, p: i32) -> anyhow::Result
     let mut requests: HashMap<String, Request> = HashMap::new();
     let rules = &ctx.settings.rules;
     let request_ts = ctx
-        .read::<PropertyEvent>(t, &mut ids, &properties_t, p, None, |t, r| {
+        .read::<PropertyEvent>(t, &mut ids, (&properties_t, s_properties), p, None, |t, r| {
             let PropertyEvent::PublicationApprovalRequested(q) = &r.event;
             let prop = props.entry(r.key.clone()).or_default();
             if !prop.idempotency_keys.insert(q.metadata.idempotency_key.clone()) {
@@ -821,7 +869,7 @@ async fn property_family(ctx: &Ctx<'_>, t: &mut Tally, p: i32) -> anyhow::Result
         })
         .await?;
     let mut order_check = OrderCheck::default();
-    ctx.read::<EvaluationEvent>(t, &mut ids, &evaluations_t, p, Some(5), |t, r| {
+    ctx.read::<EvaluationEvent>(t, &mut ids, (&evaluations_t, s_evaluations), p, Some(5), |t, r| {
         let EvaluationEvent::PublicationEvaluationCompleted(e) = &r.event;
         let at = At { key: &r.key, topic: &evaluations_t, partition: p, offset: r.offset };
         order_check.check(t, &evaluations_t, p, &r);
@@ -829,6 +877,13 @@ async fn property_family(ctx: &Ctx<'_>, t: &mut Tally, p: i32) -> anyhow::Result
             let from = if *topic == contracts_t { contract_ts.at(*off) } else { request_ts.at(*off) };
             t.hop(&format!("{topic} → {evaluations_t}"), from, r.ts);
         }
+        t.branch(match (e.evaluation_result, e.reasons.first()) {
+            (EvaluationResult::Approved, _) => "publication: APPROVED".to_string(),
+            (EvaluationResult::Declined, Some(reason)) => {
+                format!("publication: DECLINED {}", reason.split(':').next().unwrap_or(reason))
+            }
+            (EvaluationResult::Declined, None) => "publication: DECLINED".to_string(),
+        });
         let Some(q) = requests.get_mut(&e.request_id) else {
             return t.fail(
                 5,
@@ -875,6 +930,7 @@ async fn property_family(ctx: &Ctx<'_>, t: &mut Tally, p: i32) -> anyhow::Result
             t.expect(5, q.evaluations > 0, &at, || format!("request {id} was never evaluated"));
         } else if q.evaluations == 0 {
             t.pending += 1;
+            t.branch("publication: pending (no approved or ended contract)".into());
         }
     }
     Ok(())
@@ -1000,6 +1056,7 @@ pub async fn verify(
         violation_count: t.violation_count,
         violations: t.violations,
         events: t.events,
+        branches: t.branches,
         raw_copies: t.raw_copies,
         raw_copies_total,
         resent_facts: t.resent,

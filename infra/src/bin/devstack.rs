@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use keyflow_infra::stack::{self, Stack, StackOptions};
-use keyflow_infra::{inspect, kafka, smoke, verify};
+use keyflow_infra::{demo, inspect, kafka, smoke, verify};
 use keyflow_schemas::client::{KafkaArgs, RegistryArgs};
 use keyflow_schemas::logging::{self, LogFormat};
 use keyflow_schemas::rules::RuleArgs;
@@ -47,19 +47,11 @@ struct UpArgs {
 enum Cmd {
     /// Start the embedded broker and registry, create topics, register schemas; Ctrl-C stops.
     Up(UpArgs),
-    /// One command to see it work: start a fresh stack, produce and read back
-    /// one Avro event of every type, print what happened, stop.
-    Demo {
-        /// Keep the stack's data in this directory (default: a fresh temporary one).
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-        /// Fail instead of building the Tansu broker when it is not installed.
-        #[arg(long)]
-        no_install: bool,
-        /// Also write the report as JSON to this file.
-        #[arg(long)]
-        summary_json: Option<PathBuf>,
-    },
+    /// The whole pipeline in one command: a fresh embedded stack, the four
+    /// workers (two instances each), both load generators for --duration with
+    /// a live table, then drain, verify the invariants and print a report.
+    /// Exit status 2 when an invariant is broken.
+    Demo(demo::DemoArgs),
     /// Install the embedded broker (Tansu) into ~/.cache/keyflow/tools if missing; print its path.
     Install,
     /// Create the topics and register the schemas on any cluster and registry.
@@ -129,10 +121,6 @@ enum Cmd {
     },
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 fn print_stack(stack: &Stack) {
     let created = stack.report.topics.iter().filter(|t| t.status == "created").count();
     println!("devstack ready: broker={} registry={}", stack.kafka.brokers, stack.registry.registry);
@@ -166,45 +154,16 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             eprintln!("devstack: stopping");
             stack.down().await;
         }
-        Cmd::Demo { data_dir, no_install, summary_json } => {
-            let tmp;
-            let dir = match data_dir {
-                Some(d) => d,
-                None => {
-                    tmp = tempdir()?;
-                    tmp.clone()
-                }
-            };
-            let opts = StackOptions {
-                data_dir: dir.clone(),
-                broker_port: free_port()?,
-                registry_port: free_port()?,
-                partitions: 6,
-                install: !no_install,
-            };
-            eprintln!("devstack demo: starting the embedded broker and schema registry…");
-            let stack = Stack::up(&opts).await?;
-            print_stack(&stack);
-            println!("\nProducing one Avro event of every type and reading each back:\n");
-            let result = smoke::run(&stack.kafka, &stack.registry).await;
-            stack.down().await;
-            let report = result?;
-            print!("{}", report.table());
-            println!(
-                "\n{} events, {} read back identical, in {} ms.",
-                report.events.len(),
-                report.events.iter().filter(|e| e.read_back).count(),
-                report.elapsed_ms
-            );
-            if let Some(path) = summary_json {
-                std::fs::write(&path, serde_json::to_string_pretty(&report)?)
+        Cmd::Demo(args) => {
+            let report = demo::run(&args).await?;
+            print!("{}", report.text());
+            if let Some(path) = &args.summary_json {
+                std::fs::write(path, serde_json::to_string_pretty(&report)?)
                     .map_err(|e| anyhow::anyhow!("--summary-json {}: {e}", path.display()))?;
             }
-            if data_dir_is_temp(&dir) {
-                let _ = std::fs::remove_dir_all(&dir);
+            if !report.ok {
+                std::process::exit(2);
             }
-            anyhow::ensure!(report.ok, "some events did not read back identical");
-            println!("Next: `devstack up` keeps a stack running on localhost:9092 / http://localhost:8081.");
         }
         Cmd::Install => {
             let path = keyflow_infra::broker::locate_or_install(true).await?;
@@ -276,17 +235,6 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-fn tempdir() -> anyhow::Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("keyflow-demo-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
-}
-
-fn data_dir_is_temp(dir: &std::path::Path) -> bool {
-    dir.starts_with(std::env::temp_dir())
-        && dir.file_name().is_some_and(|n| n.to_string_lossy().starts_with("keyflow-demo-"))
 }
 
 #[tokio::main]
