@@ -115,7 +115,8 @@ impl DemoReport {
         }
         s.push('\n');
         for w in &self.workers {
-            let exits: Vec<String> = w.exit_codes.iter().map(|c| c.map_or("killed".into(), |c| c.to_string())).collect();
+            let exits: Vec<String> =
+                w.exit_codes.iter().map(|c| c.map_or("killed".into(), |c| c.to_string())).collect();
             s.push_str(&format!(
                 "worker {:<12} ×{} consumed {:>7}  produced {:>7}  dlq {}  duplicates {}  {:.1} events/s  exit [{}]\n",
                 w.worker,
@@ -160,7 +161,13 @@ impl Live {
         Live { tty: std::io::stderr().is_terminal(), drawn: 0, last_print: None, last_acked: vec![] }
     }
 
-    fn show(&mut self, phase: &str, elapsed: Duration, workers: &std::collections::BTreeMap<&str, WorkerTotals>, producers: &[(String, f64)]) {
+    fn show(
+        &mut self,
+        phase: &str,
+        elapsed: Duration,
+        workers: &std::collections::BTreeMap<&str, WorkerTotals>,
+        producers: &[(String, f64)],
+    ) {
         if !self.tty && self.last_print.is_some_and(|t| t.elapsed() < Duration::from_secs(10)) {
             return;
         }
@@ -239,7 +246,14 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<DemoReport> {
     report
 }
 
-async fn producer(bins: &Bins, stack: &Stack, command: &str, rate: f64, args: &DemoArgs, dir: &std::path::Path) -> anyhow::Result<(tokio::process::Child, std::net::SocketAddr, PathBuf)> {
+async fn producer(
+    bins: &Bins,
+    stack: &Stack,
+    command: &str,
+    rate: f64,
+    args: &DemoArgs,
+    dir: &std::path::Path,
+) -> anyhow::Result<(tokio::process::Child, std::net::SocketAddr, PathBuf)> {
     let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()?));
     let summary = dir.join(format!("producer-{command}.json"));
     let log = std::fs::File::create(dir.join(format!("producer-{command}.log")))?;
@@ -257,10 +271,16 @@ async fn producer(bins: &Bins, stack: &Stack, command: &str, rate: f64, args: &D
     Ok((child, metrics, summary))
 }
 
-async fn run_on(args: &DemoArgs, bins: &Bins, stack: &Stack, dir: &std::path::Path) -> anyhow::Result<(DemoReport, Pipeline)> {
+async fn run_on(
+    args: &DemoArgs,
+    bins: &Bins,
+    stack: &Stack,
+    dir: &std::path::Path,
+) -> anyhow::Result<(DemoReport, Pipeline)> {
     let logs = dir.join("logs");
     let latency = format!("{}ms", args.gateway_latency.as_millis());
-    let mut pipeline = Pipeline::new(bins.clone(), &stack.kafka, &stack.registry, &logs, &["--gateway-latency", &latency]);
+    let mut pipeline =
+        Pipeline::new(bins.clone(), &stack.kafka, &stack.registry, &logs, &["--gateway-latency", &latency]);
     eprintln!(
         "demo: broker {} registry {}; starting {} × {} worker processes (logs in {})…",
         stack.kafka.brokers,
@@ -291,7 +311,7 @@ async fn run_on(args: &DemoArgs, bins: &Bins, stack: &Stack, dir: &std::path::Pa
                 acked.push((cmd.to_string(), metric_sum(&text, m::PRODUCER_ACKED, None)));
             }
         }
-        for (instance, status) in pipeline.exited() {
+        if let Some((instance, status)) = pipeline.exited().into_iter().next() {
             anyhow::bail!("worker {instance} exited during the run ({status}); see {}", logs.display());
         }
         live.show("producing", started.elapsed(), &pipeline.totals().await, &acked);
@@ -308,7 +328,9 @@ async fn run_on(args: &DemoArgs, bins: &Bins, stack: &Stack, dir: &std::path::Pa
     let drain_started = Instant::now();
     let names = TopicNames::default();
     let drained = loop {
-        if pipeline.drained(&names).await.unwrap_or(false) && pipeline.wait_drained(&names, Duration::from_secs(3)).await? {
+        if pipeline.drained(&names).await.unwrap_or(false)
+            && pipeline.wait_drained(&names, Duration::from_secs(3)).await?
+        {
             break true;
         }
         if drain_started.elapsed() > args.drain_timeout {

@@ -66,10 +66,13 @@ pub fn stream_partition(
     partition: i32,
 ) -> anyhow::Result<tokio::sync::mpsc::Receiver<anyhow::Result<Vec<RawRecord>>>> {
     let timeout = Duration::from_secs(15);
-    let consumer: BaseConsumer =
-        client_config(
+    let consumer: BaseConsumer = client_config(
         kafka,
-        &[("group.id", "keyflow-devstack-read"), ("enable.auto.commit", "false"), ("queued.max.messages.kbytes", "16384")],
+        &[
+            ("group.id", "keyflow-devstack-read"),
+            ("enable.auto.commit", "false"),
+            ("queued.max.messages.kbytes", "16384"),
+        ],
     )?
     .create()?;
     let (low, high) = consumer.fetch_watermarks(topic, partition, timeout)?;

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use keyflow_schemas::client::{KafkaArgs, RegistryArgs};
 use keyflow_consumers::workers::WorkerKind;
+use keyflow_schemas::client::{KafkaArgs, RegistryArgs};
 use keyflow_schemas::kafka::client_config;
 use keyflow_schemas::metrics as m;
 use keyflow_schemas::topics::TopicNames;
@@ -62,7 +62,10 @@ impl Bins {
         }
         eprintln!("devstack: building the worker and producer binaries ({cmd:?})…");
         let status = cmd.status()?;
-        anyhow::ensure!(status.success() && bins.worker.is_file(), "building the worker and producer failed ({status})");
+        anyhow::ensure!(
+            status.success() && bins.worker.is_file(),
+            "building the worker and producer failed ({status})"
+        );
         Ok(bins)
     }
 }
@@ -211,7 +214,8 @@ impl Pipeline {
             let Some((_, text)) = get(p.metrics, "/metrics").await else { continue };
             t.instances_up += 1;
             t.consumed += metric_sum(&text, m::WORKER_CONSUMED, None);
-            t.produced += metric_sum(&text, m::WORKER_PRODUCED, None) - metric_sum(&text, m::WORKER_PRODUCED, Some(("type", "dlq")));
+            t.produced += metric_sum(&text, m::WORKER_PRODUCED, None)
+                - metric_sum(&text, m::WORKER_PRODUCED, Some(("type", "dlq")));
             t.lag += metric_sum(&text, m::WORKER_LAG, None);
             t.dlq += metric_sum(&text, m::WORKER_PROCESSED, Some(("outcome", "dlq")));
             t.duplicates += metric_sum(&text, m::WORKER_PROCESSED, Some(("outcome", "duplicate")));
@@ -285,7 +289,8 @@ impl Pipeline {
 }
 
 fn group_caught_up(kafka: &KafkaArgs, group: &str, topics: &[String]) -> anyhow::Result<bool> {
-    let consumer: BaseConsumer = client_config(kafka, &[("group.id", group), ("enable.auto.commit", "false")])?.create()?;
+    let consumer: BaseConsumer =
+        client_config(kafka, &[("group.id", group), ("enable.auto.commit", "false")])?.create()?;
     let md = consumer.fetch_metadata(None, Duration::from_secs(10))?;
     let mut tpl = TopicPartitionList::new();
     let mut high = BTreeMap::new();

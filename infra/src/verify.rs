@@ -298,7 +298,11 @@ impl Ctx<'_> {
     fn open<const N: usize>(&self, topics: [&str; N], p: i32) -> anyhow::Result<[Stream; N]> {
         let mut out = Vec::with_capacity(N);
         for topic in topics {
-            out.push(if self.existing.contains_key(topic) { Some(stream_partition(self.kafka, topic, p)?) } else { None });
+            out.push(if self.existing.contains_key(topic) {
+                Some(stream_partition(self.kafka, topic, p)?)
+            } else {
+                None
+            });
         }
         out.try_into().map_err(|_| anyhow::anyhow!("one stream per topic"))
     }
@@ -683,7 +687,9 @@ async fn order_family(ctx: &Ctx<'_>, t: &mut Tally, p: i32) -> anyhow::Result<()
             FulfillmentEvent::FulfillmentCancelled(c) => &c.order_id,
         };
         t.branch(match &r.event {
-            FulfillmentEvent::FulfillmentCancelled(c) => format!("fulfillment: FulfillmentCancelled {}", enum_name(c.reason)),
+            FulfillmentEvent::FulfillmentCancelled(c) => {
+                format!("fulfillment: FulfillmentCancelled {}", enum_name(c.reason))
+            }
             other => format!("fulfillment: {}", other.record_name()),
         });
         let Some(o) = orders.get_mut(order_id.as_str()) else {
