@@ -369,8 +369,7 @@ fn restore_task<W: Worker>(worker: &W, cfg: &RuntimeConfig, p: i32) -> anyhow::R
     let name = worker.name();
     let started = Instant::now();
     let topic = cfg.names.get(&state_topic(name));
-    let consumer: BaseConsumer =
-        client_config(&cfg.kafka, &[("group.id", "keyflow-restore"), ("enable.auto.commit", "false")])?.create()?;
+    let consumer: BaseConsumer = keyflow_schemas::kafka::reader_config(&cfg.kafka, "keyflow-restore")?.create()?;
     let (low, high) = consumer.fetch_watermarks(&topic, p, Duration::from_secs(30))?;
     let pointer = if high > low {
         read_changelog(&consumer, &topic, p, high - 1, high)?.pop().and_then(|r| r.snapshot)
@@ -843,6 +842,7 @@ pub async fn run<W: Worker>(
         ("auto.offset.reset", "earliest"),
         ("partition.assignment.strategy", cfg.assignor.strategy()),
         ("statistics.interval.ms", "5000"),
+        ("fetch.wait.max.ms", keyflow_schemas::kafka::FETCH_WAIT_MS),
     ];
     if let Some(id) = &cfg.instance_id {
         settings.push(("group.instance.id", id));

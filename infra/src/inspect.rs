@@ -12,7 +12,8 @@ use rdkafka::message::Headers;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde_json::json;
 
-use crate::kafka::{client_config, partition_count};
+use crate::kafka::partition_count;
+use keyflow_schemas::kafka::reader_config;
 
 /// One record as read from the topic.
 #[derive(Debug, Clone)]
@@ -66,15 +67,7 @@ pub fn stream_partition(
     partition: i32,
 ) -> anyhow::Result<tokio::sync::mpsc::Receiver<anyhow::Result<Vec<RawRecord>>>> {
     let timeout = Duration::from_secs(15);
-    let consumer: BaseConsumer = client_config(
-        kafka,
-        &[
-            ("group.id", "keyflow-devstack-read"),
-            ("enable.auto.commit", "false"),
-            ("queued.max.messages.kbytes", "16384"),
-        ],
-    )?
-    .create()?;
+    let consumer: BaseConsumer = reader_config(kafka, "keyflow-devstack-read")?.create()?;
     let (low, high) = consumer.fetch_watermarks(topic, partition, timeout)?;
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     if high <= low {
@@ -124,8 +117,7 @@ pub fn stream_partition(
 pub async fn read_raw(kafka: &KafkaArgs, topic: &str, limit: usize) -> anyhow::Result<Vec<RawRecord>> {
     let timeout = Duration::from_secs(15);
     let partitions = partition_count(kafka, topic, timeout)?;
-    let consumer: BaseConsumer =
-        client_config(kafka, &[("group.id", "keyflow-devstack-peek"), ("enable.auto.commit", "false")])?.create()?;
+    let consumer: BaseConsumer = reader_config(kafka, "keyflow-devstack-peek")?.create()?;
     let mut tpl = TopicPartitionList::new();
     let mut remaining = HashMap::new();
     for p in 0..partitions {

@@ -69,8 +69,7 @@ impl Ctx<'_> {
 
     async fn read_at(&self, topic: &str, partition: i32, offset: i64) -> anyhow::Result<Option<Vec<u8>>> {
         let consumer: BaseConsumer =
-            client_config(self.kafka, &[("group.id", "keyflow-devstack-smoke"), ("enable.auto.commit", "false")])?
-                .create()?;
+            keyflow_schemas::kafka::reader_config(self.kafka, "keyflow-devstack-smoke")?.create()?;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(topic, partition, Offset::Offset(offset))?;
         consumer.assign(&tpl)?;

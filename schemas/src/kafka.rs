@@ -36,6 +36,29 @@ pub fn client_config(kafka: &KafkaArgs, defaults: &[(&str, &str)]) -> Result<Cli
 pub const PRODUCER_DEFAULTS: &[(&str, &str)] =
     &[("enable.idempotence", "true"), ("acks", "all"), ("partitioner", PARTITIONER), ("linger.ms", "5")];
 
+/// How long a worker's fetch may wait on the broker for data. Real Kafka
+/// answers as soon as data arrives, so this only bounds idle polling; Tansu
+/// 0.6 sleeps before answering every fetch, data or not (max wait / 2 from
+/// 500 ms up, the whole wait below 250 ms: BROKER-NOTES.md), so the default
+/// 500 ms would add ~250 ms to every hop of the pipeline.
+pub const FETCH_WAIT_MS: &str = "50";
+
+/// A client for reading partitions to their end (restores, the verifier,
+/// inspection): no offset commits, short fetch waits (see [`FETCH_WAIT_MS`];
+/// with 500 ms a reader gets one fetch per 250 ms on Tansu) and a bounded
+/// prefetch queue.
+pub fn reader_config(kafka: &KafkaArgs, group: &str) -> Result<ClientConfig, KafkaError> {
+    client_config(
+        kafka,
+        &[
+            ("group.id", group),
+            ("enable.auto.commit", "false"),
+            ("fetch.wait.max.ms", "10"),
+            ("queued.max.messages.kbytes", "16384"),
+        ],
+    )
+}
+
 /// Topic name → partition count, as the cluster reports it.
 pub fn list_topics(kafka: &KafkaArgs, timeout: Duration) -> Result<BTreeMap<String, i32>, KafkaError> {
     let consumer: BaseConsumer = client_config(kafka, &[])?.create().map_err(|e| KafkaError::Config(e.to_string()))?;

@@ -16,20 +16,9 @@
 
 use std::time::{Duration, Instant};
 
-use keyflow_infra::stack::{Stack, StackOptions};
-use keyflow_schemas::topics::TopicSpec;
+use keyflow_e2e::bench::{bin, counter_stack, env, produce_orders};
+use keyflow_infra::stack::Stack;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn bin(name: &str) -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe.parent().and_then(|d| d.parent()).unwrap().join(name);
-    assert!(path.is_file(), "{} missing: run `cargo build --release --bins` first", path.display());
-    path
-}
 
 fn outputs(stack: &Stack) -> i64 {
     let c: BaseConsumer =
@@ -41,52 +30,8 @@ fn outputs(stack: &Stack) -> i64 {
 /// Outputs per second of one worker run over `records` inputs.
 async fn run(records: u64, in_flight: u64, delay: &str, guarantee: &str) -> f64 {
     let dir = tempfile::tempdir().unwrap();
-    let port = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let opts = StackOptions {
-        data_dir: dir.path().into(),
-        broker_port: port(),
-        registry_port: port(),
-        partitions: 1,
-        install: true,
-    };
-    let stack = Stack::up(&opts).await.expect("stack");
-    let specs: Vec<TopicSpec> = ["counter-state", "counter.dlq"]
-        .iter()
-        .map(|n| TopicSpec {
-            name: n.to_string(),
-            partitions: 1,
-            replication_factor: 1,
-            config: Default::default(),
-            family: None,
-            events: vec![],
-        })
-        .collect();
-    keyflow_infra::kafka::create_topics(&stack.kafka, &specs, None).await.unwrap();
-    let out = std::process::Command::new(bin("producer"))
-        .args([
-            "orders",
-            "-b",
-            &stack.kafka.brokers,
-            "--registry",
-            &stack.registry.registry,
-            "--rate",
-            "0",
-            "--count",
-            &records.to_string(),
-            "--seed",
-            "11",
-            "--customers",
-            "100000000",
-            "--invalid-amount-rate",
-            "0",
-            "--resend-rate",
-            "0",
-            "--cancel-rate",
-            "0",
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stack = counter_stack(dir.path(), 1).await;
+    produce_orders(&stack, records, 11, 100_000_000);
     let mut worker = std::process::Command::new(bin("worker"))
         .args([
             "counter",

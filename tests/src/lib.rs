@@ -62,8 +62,66 @@ pub fn text(o: &Output) -> (String, String) {
     (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
 }
 
-/// Helpers the benchmarks share: machine description and BENCHMARKS.md sections.
+/// Helpers the benchmarks share: machine description, BENCHMARKS.md
+/// sections, sizes from the environment, a stack with the counter worker's
+/// topics, and order load.
 pub mod bench {
+    use keyflow_infra::stack::{Stack, StackOptions};
+    use keyflow_schemas::topics::TopicSpec;
+
+    /// A size from the environment (`BENCH_*`), or `default`.
+    pub fn env(name: &str, default: u64) -> u64 {
+        std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    }
+
+    /// A binary of the same build as the running benchmark (`cargo build --release --bins`).
+    pub fn bin(name: &str) -> std::path::PathBuf {
+        let exe = std::env::current_exe().expect("benchmark path");
+        let path = exe.parent().and_then(|d| d.parent()).expect("target dir").join(name);
+        assert!(path.is_file(), "{} missing: run `cargo build --release --bins` first", path.display());
+        path
+    }
+
+    /// A fresh embedded stack with `partitions` partitions and the counter
+    /// worker's changelog and DLQ; installs Tansu when missing.
+    pub async fn counter_stack(dir: &std::path::Path, partitions: i32) -> Stack {
+        let port = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let opts = StackOptions {
+            data_dir: dir.into(),
+            broker_port: port(),
+            registry_port: port(),
+            partitions,
+            install: true,
+        };
+        let stack = Stack::up(&opts).await.expect("stack");
+        let specs: Vec<TopicSpec> = [("counter-state", partitions), ("counter.dlq", 1)]
+            .iter()
+            .map(|(n, p)| TopicSpec {
+                name: n.to_string(),
+                partitions: *p,
+                replication_factor: 1,
+                config: Default::default(),
+                family: None,
+                events: vec![],
+            })
+            .collect();
+        keyflow_infra::kafka::create_topics(&stack.kafka, &specs, None).await.unwrap();
+        stack
+    }
+
+    /// Produces `count` valid, distinct orders (no cancels, resends or
+    /// invalid amounts) over `customers` keys, as fast as the broker takes them.
+    pub fn produce_orders(stack: &Stack, count: u64, seed: u64, customers: u64) {
+        let out = std::process::Command::new(bin("producer"))
+            .args(["orders", "-b", &stack.kafka.brokers, "--registry", &stack.registry.registry])
+            .args(["--rate", "0", "--count", &count.to_string(), "--seed", &seed.to_string()])
+            .args(["--customers", &customers.to_string(), "--event-step-ms", "1"])
+            .args(["--invalid-amount-rate", "0", "--resend-rate", "0", "--cancel-rate", "0"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+
     pub fn machine() -> String {
         let cpu = std::fs::read_to_string("/proc/cpuinfo")
             .ok()
