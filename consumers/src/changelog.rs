@@ -6,15 +6,16 @@
 //!
 //! Per batch, a task appends to its changelog partition, in order:
 //!
-//! 1. one [`Entry::State`] per key whose state changed (the full new value),
-//! 2. one [`Entry::Commit`] carrying the batch number, the checkpoint (next
-//!    input offset of every input partition of the task) and the outbox (the
-//!    encoded outputs),
+//! 1. one [`Entry::Commit`] carrying the batch number, the checkpoint (next
+//!    input offset of every input partition of the task), the outbox (the
+//!    encoded outputs) and the changed keys' states — or, when that would not
+//!    fit in one record, first the states in [`Entry::States`] parts and the
+//!    outbox in [`Entry::Outbox`] parts, then a commit without them,
 //!
-//! waits for the acks, produces the outbox, waits for those acks, then
-//! appends [`Entry::Published`] for the batch. State entries count only once
-//! their commit follows them; anything after the last commit is a batch that
-//! was never decided and is dropped on restore. A commit without its
+//! //! waits for the acks, produces the outbox, waits for those acks, then
+//! appends [`Entry::Published`] for the batch. State and outbox entries count
+//! only once their commit follows them; anything after the last commit is a
+//! batch that was never decided and is dropped on restore. A commit without its
 //! `Published` marker is re-published on restore — byte-identical records
 //! with the same `event_id`s, which consumers drop as copies.
 //!
@@ -40,13 +41,82 @@ use crate::task::{KeyDelta, KeyState};
 
 /// An output record waiting to be (re)published.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "OutboxWire", into = "OutboxWire")]
 pub struct OutboxRecord {
     pub topic: String,
     pub key: String,
-    /// Confluent wire-format bytes (hex in the changelog's JSON).
-    #[serde(with = "hex")]
+    /// Confluent wire-format bytes.
     pub value: Vec<u8>,
     pub headers: Vec<(String, Vec<u8>)>,
+}
+
+/// An outbox record as the changelog's JSON holds it: value and header
+/// values in base64 (`v`, `h`). Records written by earlier versions (value
+/// in hex, header values as arrays of numbers) are still read.
+#[derive(Clone, Serialize, Deserialize)]
+struct OutboxWire {
+    topic: String,
+    key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    v: Option<B64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    h: Vec<(String, B64)>,
+    #[serde(default, skip_serializing, deserialize_with = "legacy_hex")]
+    value: Option<Vec<u8>>,
+    #[serde(default, skip_serializing)]
+    headers: Vec<(String, Vec<u8>)>,
+}
+
+impl From<OutboxWire> for OutboxRecord {
+    fn from(w: OutboxWire) -> Self {
+        let headers = if w.h.is_empty() { w.headers } else { w.h.into_iter().map(|(k, v)| (k, v.0)).collect() };
+        OutboxRecord { topic: w.topic, key: w.key, value: w.v.map(|v| v.0).or(w.value).unwrap_or_default(), headers }
+    }
+}
+
+impl From<OutboxRecord> for OutboxWire {
+    fn from(r: OutboxRecord) -> Self {
+        OutboxWire {
+            topic: r.topic,
+            key: r.key,
+            v: Some(B64(r.value)),
+            h: r.headers.into_iter().map(|(k, v)| (k, B64(v))).collect(),
+            value: None,
+            headers: vec![],
+        }
+    }
+}
+
+/// Bytes as a base64 string (a third larger than the bytes; hex doubles them).
+#[derive(Clone)]
+struct B64(Vec<u8>);
+
+impl Serialize for B64 {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use base64::Engine;
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(&self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for B64 {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use base64::Engine;
+        let text = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD.decode(text).map(B64).map_err(serde::de::Error::custom)
+    }
+}
+
+/// The hex value of records written by earlier versions.
+fn legacy_hex<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+    let Some(text) = Option::<String>::deserialize(d)? else { return Ok(None) };
+    if text.len() % 2 != 0 {
+        return Err(serde::de::Error::custom("odd-length hex"));
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).map_err(serde::de::Error::custom))
+        .collect::<Result<Vec<u8>, _>>()
+        .map(Some)
 }
 
 /// One changelog record.
@@ -55,6 +125,10 @@ pub struct OutboxRecord {
 pub enum Entry {
     /// A key's change (a [`KeyDelta`] of the worker's state type), pending its commit.
     State { key: String, state: serde_json::Value },
+    /// Several keys' changes ([`KeyDelta`]s), pending the next commit.
+    States { states: BTreeMap<String, serde_json::Value> },
+    /// Part of the next commit's outbox (in order), pending that commit.
+    Outbox { records: Vec<OutboxRecord> },
     /// A decided batch; `states` carries its keys' changes ([`KeyDelta`]s) when
     /// they fit in one record (otherwise they precede it as [`Entry::State`] records).
     Commit {
@@ -127,30 +201,6 @@ fn json_len(v: &serde_json::Value) -> usize {
     c.0
 }
 
-/// Bytes as a hex string: half the size of a JSON array of numbers.
-mod hex {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        let mut out = String::with_capacity(bytes.len() * 2);
-        for b in bytes {
-            out.push_str(&format!("{b:02x}"));
-        }
-        s.serialize_str(&out)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        let text = String::deserialize(d)?;
-        if text.len() % 2 != 0 {
-            return Err(serde::de::Error::custom("odd-length hex"));
-        }
-        (0..text.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).map_err(serde::de::Error::custom))
-            .collect()
-    }
-}
-
 /// What a restore yields.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Restored<S> {
@@ -191,6 +241,7 @@ pub fn restore<S: DeserializeOwned + Default + Clone>(
 ) -> Result<Restored<S>, RestoreError> {
     let mut r = Restored::default();
     let mut pending: Vec<(String, serde_json::Value)> = Vec::new();
+    let mut pending_outbox: Vec<OutboxRecord> = Vec::new();
     // The snapshot the read starts with, while its parts are being loaded: (batch, next part, parts).
     let mut loading: Option<(u64, u32, u32)> = None;
     for (i, e) in entries.into_iter().enumerate() {
@@ -215,7 +266,10 @@ pub fn restore<S: DeserializeOwned + Default + Clone>(
         }
         match e {
             Entry::State { key, state } => pending.push((key, state)),
+            Entry::States { states } => pending.extend(states),
+            Entry::Outbox { records } => pending_outbox.extend(records),
             Entry::Commit { batch, checkpoint, outbox, states } => {
+                let outbox: Vec<OutboxRecord> = pending_outbox.drain(..).chain(outbox).collect();
                 for (key, delta) in pending.drain(..).chain(states) {
                     let delta: KeyDelta<S> = serde_json::from_value(delta)
                         .map_err(|e| RestoreError(format!("state of key '{key}' in batch {batch}: {e}")))?;
@@ -246,7 +300,7 @@ pub fn restore<S: DeserializeOwned + Default + Clone>(
             return Err(RestoreError(format!("snapshot of batch {batch} ends after part {next} of {parts}")));
         }
     }
-    r.dropped_tail = pending.len();
+    r.dropped_tail = pending.len() + pending_outbox.len();
     Ok(r)
 }
 
@@ -267,6 +321,8 @@ impl Entry {
     pub fn kind(&self) -> &'static str {
         match self {
             Entry::State { .. } => "state",
+            Entry::States { .. } => "states",
+            Entry::Outbox { .. } => "outbox",
             Entry::Commit { .. } => "commit",
             Entry::Published { .. } => "published",
             Entry::Snapshot { .. } => "snapshot",
@@ -292,7 +348,18 @@ mod tests {
     }
 
     #[test]
-    fn states_inside_the_commit_apply_with_it_and_bytes_round_trip_as_hex() {
+    fn outbox_records_written_by_earlier_versions_still_restore() {
+        let old = r#"{"topic":"payments","key":"c","value":"0000000001ab","headers":[["traceparent",[48,48]]]}"#;
+        let r: OutboxRecord = serde_json::from_str(old).unwrap();
+        assert_eq!(r.value, vec![0, 0, 0, 0, 1, 0xab]);
+        assert_eq!(r.headers, vec![("traceparent".to_string(), b"00".to_vec())]);
+        let text = serde_json::to_string(&r).unwrap();
+        assert_eq!(text, r#"{"topic":"payments","key":"c","v":"AAAAAAGr","h":[["traceparent","MDA="]]}"#);
+        assert_eq!(serde_json::from_str::<OutboxRecord>(&text).unwrap(), r);
+    }
+
+    #[test]
+    fn states_inside_the_commit_apply_with_it_and_bytes_round_trip_as_base64() {
         let c = Entry::Commit {
             batch: 1,
             checkpoint: BTreeMap::from([("orders/0".into(), 5)]),
@@ -300,7 +367,7 @@ mod tests {
             states: BTreeMap::from([("a".into(), delta(3))]),
         };
         let text = serde_json::to_string(&c).unwrap();
-        assert!(text.contains("\"0000000001ab\""), "{text}");
+        assert!(text.contains("\"AAAAAAGr\""), "{text}");
         let back: Entry = serde_json::from_str(&text).unwrap();
         assert_eq!(back, c);
         let r = restore::<i64>([state("a", 1), back]).unwrap();
@@ -327,6 +394,19 @@ mod tests {
 
     fn state(key: &str, v: i64) -> Entry {
         Entry::State { key: key.into(), state: delta(v) }
+    }
+
+    #[test]
+    fn outbox_parts_join_their_commit_in_order_and_an_uncommitted_part_is_dropped() {
+        let r = restore::<i64>([
+            Entry::Outbox { records: vec![out(1), out(2)] },
+            Entry::Outbox { records: vec![out(3)] },
+            commit(1, 10, vec![out(4)]),
+            Entry::Outbox { records: vec![out(5)] },
+        ])
+        .unwrap();
+        assert_eq!(r.unpublished, vec![(1, vec![out(1), out(2), out(3), out(4)])]);
+        assert_eq!(r.dropped_tail, 1, "the part after the last commit belongs to an undecided batch");
     }
 
     #[test]

@@ -112,6 +112,11 @@ impl RuntimeConfig {
     }
 }
 
+/// A batch stops gathering inputs at this many payload bytes (whatever
+/// `--max-batch` says), so its commit record — the outbox, hex-encoded, plus
+/// the state changes — stays well below the clients' 4 MiB record cap.
+const MAX_BATCH_INPUT_BYTES: usize = 1024 * 1024;
+
 /// A batch's commit record carries its state changes when it stays below this.
 const MAX_COMMIT_BYTES: usize = 512 * 1024;
 
@@ -557,8 +562,10 @@ async fn send_all(producer: &FutureProducer, records: &[Outgoing<'_>]) -> anyhow
 }
 
 /// The changelog records of one decided batch: its commit, carrying the
-/// changed keys' states when it fits in [`MAX_COMMIT_BYTES`], otherwise one
-/// state record per changed key followed by a bare commit.
+/// changed keys' states and the outbox when it stays within
+/// [`MAX_COMMIT_BYTES`]; otherwise the states and the outbox in parts of
+/// about that size (a few records, not one per key), then a bare commit — so no
+/// record outgrows the clients' `message.max.bytes`, however large the batch.
 fn decision_records<'a, S: serde::Serialize>(
     topic: &'a str,
     p: i32,
@@ -572,19 +579,63 @@ fn decision_records<'a, S: serde::Serialize>(
     for (key, ks) in changed {
         states.insert(key.clone(), serde_json::to_value(ks)?);
     }
-    let commit = |states| Entry::Commit { batch, checkpoint: checkpoint.clone(), outbox: outbox.to_vec(), states };
-    let whole = commit(states);
+    let commit =
+        |outbox: Vec<OutboxRecord>, states| Entry::Commit { batch, checkpoint: checkpoint.clone(), outbox, states };
+    let whole = commit(outbox.to_vec(), states);
     let record = Outgoing::changelog(topic, p, "__commit", &whole, snapshot)?;
     if record.value.len() <= MAX_COMMIT_BYTES {
         return Ok(vec![record]);
     }
     let Entry::Commit { states, .. } = whole else { unreachable!("built above") };
-    let mut log = Vec::with_capacity(states.len() + 1);
+    let mut log = Vec::new();
+    // The record key is not used: every changelog record names its partition.
+    let mut part = BTreeMap::new();
+    let mut size = 0;
     for (key, state) in states {
-        // The record key is not used: every changelog record names its partition.
-        log.push(Outgoing::changelog(topic, p, "__state", &Entry::State { key, state }, snapshot)?);
+        let len = key.len() + state.to_string().len() + 4;
+        if !part.is_empty() && size + len > MAX_COMMIT_BYTES {
+            log.push(Outgoing::changelog(
+                topic,
+                p,
+                "__states",
+                &Entry::States { states: std::mem::take(&mut part) },
+                snapshot,
+            )?);
+            size = 0;
+        }
+        size += len;
+        part.insert(key, state);
     }
-    log.push(Outgoing::changelog(topic, p, "__commit", &commit(BTreeMap::new()), snapshot)?);
+    if !part.is_empty() {
+        log.push(Outgoing::changelog(topic, p, "__states", &Entry::States { states: part }, snapshot)?);
+    }
+    let mut part: Vec<OutboxRecord> = vec![];
+    let mut size = 0;
+    for o in outbox {
+        // Base64 value and header values plus names and JSON punctuation, from above.
+        let b64 = |n: usize| n.div_ceil(3) * 4;
+        let len = b64(o.value.len())
+            + o.topic.len()
+            + o.key.len()
+            + o.headers.iter().map(|(k, v)| k.len() + b64(v.len()) + 8).sum::<usize>()
+            + 32;
+        if !part.is_empty() && size + len > MAX_COMMIT_BYTES {
+            log.push(Outgoing::changelog(
+                topic,
+                p,
+                "__outbox",
+                &Entry::Outbox { records: std::mem::take(&mut part) },
+                snapshot,
+            )?);
+            size = 0;
+        }
+        size += len;
+        part.push(o.clone());
+    }
+    if !part.is_empty() {
+        log.push(Outgoing::changelog(topic, p, "__outbox", &Entry::Outbox { records: part }, snapshot)?);
+    }
+    log.push(Outgoing::changelog(topic, p, "__commit", &commit(vec![], BTreeMap::new()), snapshot)?);
     Ok(log)
 }
 
@@ -659,6 +710,7 @@ impl<W: Worker> Runtime<W> {
         stop: &mut watch::Receiver<bool>,
     ) -> anyhow::Result<()> {
         let (cfg, metrics, name) = (&self.cfg, &self.metrics, self.worker.name());
+        let started = Instant::now();
         let mut inputs = Vec::with_capacity(msgs.len());
         let mut decoded = Vec::with_capacity(msgs.len());
         let mut outbox = Vec::new();
@@ -690,7 +742,9 @@ impl<W: Worker> Runtime<W> {
             (std::mem::take(&mut task.states), task.next_batch - 1)
         };
         let occurred: Vec<i64> = inputs.iter().map(|i| i.event.metadata().occurred_at).collect();
+        let decoded_at = Instant::now();
         let result = process_batch(&*self.worker, &self.runner, &mut states, inputs, cfg.dedupe_retention_ms).await;
+        let decided_at = Instant::now();
         let mut output_types = Vec::with_capacity(result.outputs.len());
         for o in &result.outputs {
             let topic = cfg.names.get(o.event.default_topic());
@@ -739,6 +793,7 @@ impl<W: Worker> Runtime<W> {
         let snapshot = lock(&self.tasks).get(&p).and_then(|t| t.snapshot);
         let effectively_once = cfg.guarantee == Guarantee::EffectivelyOnce;
         let topic = self.state_topic.as_str();
+        let encoded_at = Instant::now();
         // 1. Record the decision (effectively-once only).
         let mut written = 0;
         if effectively_once {
@@ -746,9 +801,21 @@ impl<W: Worker> Runtime<W> {
             written = log.iter().map(|o| o.value.len() as u64).sum();
             send_all(&self.producer, &log).await?;
         }
+        let recorded_at = Instant::now();
         // 2. Publish it.
         let out: Vec<Outgoing<'_>> = outbox.iter().map(Outgoing::outbox).collect();
         send_all(&self.producer, &out).await?;
+        tracing::debug!(
+            partition = p,
+            inputs = msgs.len(),
+            outputs = outbox.len(),
+            decode = ?decoded_at - started,
+            decide = ?decided_at - decoded_at,
+            encode = ?encoded_at - decided_at,
+            record = ?recorded_at - encoded_at,
+            publish = ?recorded_at.elapsed(),
+            "batch done"
+        );
         let mut types = output_types.into_iter();
         for o in &outbox {
             let ty = if o.topic == self.dlq_topic { "dlq" } else { types.next().unwrap_or("unknown") };
@@ -911,10 +978,14 @@ async fn consume<W: Worker>(
                 continue;
             }
         };
+        let mut bytes = first.payload_len();
         let mut batch = vec![first];
-        while batch.len() < rt.cfg.max_batch {
+        while batch.len() < rt.cfg.max_batch && bytes < MAX_BATCH_INPUT_BYTES {
             match tokio::time::timeout(Duration::from_millis(5), consumer.recv()).await {
-                Ok(Ok(m)) => batch.push(m),
+                Ok(Ok(m)) => {
+                    bytes += m.payload_len();
+                    batch.push(m);
+                }
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "consumer error while gathering a batch");
                     break;
@@ -958,5 +1029,47 @@ async fn consume<W: Worker>(
         if *stop.borrow() {
             return Ok(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_too_large_for_one_record_is_recorded_in_parts_that_restore_to_the_same_outbox() {
+        let outbox: Vec<OutboxRecord> = (0..6_000)
+            .map(|i| OutboxRecord {
+                topic: "payments".into(),
+                key: format!("customer-{i}"),
+                value: vec![(i % 251) as u8; 300],
+                headers: vec![(headers::CAUSE_OFFSET.into(), i.to_string().into_bytes())],
+            })
+            .collect();
+        let changed: BTreeMap<String, KeyDelta<i64>> = (0..3_000)
+            .map(|i| {
+                let delta = KeyDelta {
+                    state: i,
+                    last_offsets: BTreeMap::from([("orders/0".into(), i)]),
+                    max_event_time: 0,
+                    horizon: 0,
+                    event_ids: vec![],
+                    idempotency_keys: vec![],
+                };
+                (format!("customer-{i}"), delta)
+            })
+            .collect();
+        let checkpoint = BTreeMap::from([("orders/0".to_string(), 6_000)]);
+        let log = decision_records("payment-state", 0, 7, &checkpoint, &outbox, &changed, None).unwrap();
+        assert!(log.len() > 2 && log.len() < 20, "split into a few records, not one per key: {}", log.len());
+        for r in &log {
+            assert!(r.value.len() <= MAX_COMMIT_BYTES + 4096, "a {}-byte changelog record", r.value.len());
+        }
+        let entries: Vec<Entry> = log.iter().map(|r| serde_json::from_slice(&r.value).unwrap()).collect();
+        assert_eq!(entries.last().map(Entry::kind), Some("commit"), "the commit comes last");
+        let restored = changelog::restore::<i64>(entries).unwrap();
+        assert_eq!(restored.unpublished, vec![(7, outbox)]);
+        assert_eq!(restored.states.len(), 3_000);
+        assert_eq!(restored.checkpoint, checkpoint);
     }
 }

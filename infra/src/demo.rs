@@ -347,7 +347,7 @@ async fn run_on(
     let exits = if args.keep { vec![] } else { pipeline.stop(Duration::from_secs(10)).await };
     eprintln!("\ndemo: verifying the invariants over every topic…");
     let codec = Codec::new(&stack.registry.config().map_err(anyhow::Error::msg)?)?;
-    let settings = verify::Settings { names, rules: RuleArgs::default() };
+    let settings = verify::Settings { names, rules: RuleArgs::default(), latency_from_ms: None };
     let report = verify::verify(&stack.kafka, &codec, &settings, |_| {}).await?;
     let mut producer_reports = vec![];
     for (cmd, (_, _, summary)) in &producers {

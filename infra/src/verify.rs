@@ -52,6 +52,9 @@ const MAX_LISTED: usize = 200;
 pub struct Settings {
     pub names: TopicNames,
     pub rules: RuleArgs,
+    /// Count latency only for causes with a record timestamp from here on
+    /// (ms since the epoch), e.g. to leave a warm-up out.
+    pub latency_from_ms: Option<i64>,
 }
 
 /// One broken invariant, where it shows.
@@ -192,12 +195,14 @@ struct Tally {
     pending: u64,
     undecodable: BTreeMap<String, u64>,
     latency: BTreeMap<String, Vec<u32>>,
+    latency_from: Option<i64>,
     records: u64,
 }
 
 impl Tally {
-    fn new() -> Self {
+    fn new(latency_from: Option<i64>) -> Self {
         Tally {
+            latency_from,
             invariants: INVARIANTS
                 .iter()
                 .enumerate()
@@ -249,7 +254,7 @@ impl Tally {
     }
 
     fn hop(&mut self, name: &str, from: Option<i64>, to: i64) {
-        if let Some(from) = from {
+        if let Some(from) = from.filter(|f| self.latency_from.is_none_or(|l| *f >= l)) {
             self.latency.entry(name.to_string()).or_default().push((to - from).clamp(0, u32::MAX as i64) as u32);
         }
     }
@@ -998,7 +1003,7 @@ pub async fn verify(
     settings.rules.validate().map_err(anyhow::Error::msg)?;
     let existing = list_topics(kafka, Duration::from_secs(15))?;
     let n = &settings.names;
-    let mut t = Tally::new();
+    let mut t = Tally::new(settings.latency_from_ms);
     let (dlq, dlq_sizes) = read_dlqs(kafka, n, &existing, &mut t).await?;
     let ctx = Ctx { kafka, codec, existing: &existing, dlq: &dlq, settings };
     let families: [(&str, Vec<String>); 2] = [

@@ -27,6 +27,11 @@ fn outputs(stack: &Stack) -> i64 {
     hi - lo
 }
 
+/// `--max-batch` of both runs (`BENCH_MAX_BATCH`, default the worker's default).
+fn max_batch() -> u64 {
+    env("BENCH_MAX_BATCH", 2000)
+}
+
 /// Outputs per second of one worker run over `records` inputs.
 async fn run(records: u64, in_flight: u64, delay: &str, guarantee: &str) -> f64 {
     let dir = tempfile::tempdir().unwrap();
@@ -44,7 +49,7 @@ async fn run(records: u64, in_flight: u64, delay: &str, guarantee: &str) -> f64 
             "--max-in-flight",
             &in_flight.to_string(),
             "--max-batch",
-            "500",
+            &max_batch().to_string(),
             "--guarantee",
             guarantee,
         ])
@@ -86,10 +91,11 @@ async fn main() {
             "## Runtime: key-parallel ÷ partition-sequential\n\n\
              `cargo build --release --bins && cargo bench -p keyflow-e2e --bench runtime_throughput` (BENCH_RECORDS={records}, BENCH_IN_FLIGHT={in_flight}), \
              release build on {machine}, `worker counter --delay 5ms` (5 ms simulated I/O per record) on 1 partition, ~{records} distinct keys, \
-             the full effectively-once path (changelog commit, outbox publish, marker) per batch of ≤ 500, embedded Tansu. \
+             the full effectively-once path (changelog commit, outbox publish, marker) per batch of ≤ {} (`--max-batch`), embedded Tansu. \
              Rates are measured from the first to the last output.\n\n\
              | mode | records/s |\n|---|---|\n| partition-sequential (`--max-in-flight 1`) | {sequential:.0} |\n\
              | key-parallel (`--max-in-flight {in_flight}`) | {parallel:.0} |\n\n**Ratio: {ratio:.1}×** (target ≥ 25×).\n",
+            max_batch(),
         );
         keyflow_e2e::bench::write_section("runtime-key-parallel", &body);
         println!("{body}");
@@ -111,11 +117,12 @@ async fn main() {
         let body = format!(
             "## Runtime: effectively-once ÷ at-least-once\n\n\
              `cargo build --release --bins && BENCH_ONLY=guarantee cargo bench -p keyflow-e2e --bench runtime_throughput` (BENCH_RECORDS={records}, BENCH_ROUNDS={rounds}), \
-             release build on {machine}, `worker counter --delay 0ms --max-in-flight {in_flight}` on 1 partition, ~{records} distinct keys, batches of ≤ 500, embedded Tansu. \
+             release build on {machine}, `worker counter --delay 0ms --max-in-flight {in_flight}` on 1 partition, ~{records} distinct keys, batches of ≤ {} (`--max-batch`), embedded Tansu. \
              At-least-once (`--guarantee at-least-once`, hidden flag) publishes and commits offsets with no changelog; \
              effectively-once also records each batch's decision (commit record with outbox and state deltas) and its published marker.\n\n\
              | round | effectively-once records/s | at-least-once records/s | ratio |\n|---|---|---|---|\n{rows}\n\
              **Median ratio: {median:.3}** (target ≥ 0.85).\n",
+            max_batch(),
         );
         keyflow_e2e::bench::write_section("runtime-guarantee", &body);
         println!("{body}");

@@ -107,7 +107,7 @@ async fn kill_9_of_random_workers_under_load_leaves_every_invariant_holding() {
     assert!(stopped.iter().all(|(_, s)| s.is_some_and(|s| s.success())), "clean exits after SIGTERM: {stopped:?}");
 
     let codec = Codec::new(&RegistryConfig::new(&registry)).unwrap();
-    let settings = verify::Settings { names: TopicNames::default(), rules: RuleArgs::default() };
+    let settings = verify::Settings { names: TopicNames::default(), rules: RuleArgs::default(), latency_from_ms: None };
     let report = verify::verify(&stack.kafka, &codec, &settings, |_| {}).await.unwrap();
     eprintln!("{}\nkills: {kills}, raw copies: {}", report.text(), report.raw_copies_total);
     assert!(kills >= 8, "the run was interrupted by kill -9 ({kills} times)");

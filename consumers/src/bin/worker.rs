@@ -37,8 +37,9 @@ struct Args {
     /// Records of different keys processed concurrently per partition.
     #[arg(long, default_value_t = 64)]
     max_in_flight: usize,
-    /// Largest batch recorded in one changelog commit.
-    #[arg(long, default_value_t = 500)]
+    /// Most inputs in one batch (one changelog commit); a batch also stops at
+    /// 1 MiB of input.
+    #[arg(long, default_value_t = 2000)]
     max_batch: usize,
     /// How long (event time) re-sent facts and copies are remembered per key.
     #[arg(long, value_parser = parse_duration, default_value = "24h")]

@@ -205,7 +205,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
         }
         Cmd::Verify { kafka, registry, topics, rules, json } => {
             let codec = Codec::new(&registry.config().map_err(anyhow::Error::msg)?)?;
-            let settings = verify::Settings { names: topics, rules };
+            let settings = verify::Settings { names: topics, rules, latency_from_ms: None };
             let report = verify::verify(&kafka, &codec, &settings, |p| eprintln!("verify: {p}")).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
