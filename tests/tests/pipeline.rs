@@ -163,3 +163,121 @@ async fn devstack_demo_ends_with_every_invariant_holding_no_copies_and_every_eve
         assert!(w["consumed"].as_u64().unwrap() > 0, "{w}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_verifier_reports_forged_duplicated_and_missing_outputs_with_key_topic_and_offset() {
+    use keyflow_schemas::events::*;
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let dir = tempfile::tempdir().unwrap();
+    let stack = start(&options(dir.path(), 2)).await;
+    let (brokers, registry) = (stack.kafka.brokers.clone(), stack.registry.registry.clone());
+    let mut orders = producer(&brokers, &registry, "orders", "0", "400", "5");
+    assert!(orders.wait().await.unwrap().success());
+    let bins = Bins::in_dir(bin("worker").parent().unwrap());
+    let order_workers = [WORKERS[0], WORKERS[1], WORKERS[2]];
+    let mut pipeline = Pipeline::new(bins, &stack.kafka, &stack.registry, &dir.path().join("logs"), &[]);
+    pipeline.start(&order_workers, 1).unwrap();
+    assert!(
+        pipeline.wait_drained(&TopicNames::default(), Duration::from_secs(180)).await.unwrap(),
+        "{}",
+        log_tails(&pipeline)
+    );
+    pipeline.stop(Duration::from_secs(10)).await;
+
+    let verify_json = || async {
+        let out = tokio::process::Command::new(bin("devstack"))
+            .args(["verify", "-b", &brokers, "--registry", &registry, "--json"])
+            .output()
+            .await
+            .unwrap();
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (out.status.code(), report)
+    };
+    let (code, clean) = verify_json().await;
+    assert_eq!(code, Some(0), "a clean run verifies: {clean}");
+    assert_eq!(clean["raw_copies_total"], 0);
+
+    // Forge: a second, different decision for an authorized order; a loyalty
+    // event for a payment that owes none; a byte copy; an order nobody decided.
+    let codec = Codec::new(&RegistryConfig::new(&registry)).unwrap();
+    let payments = keyflow_infra::inspect::read_raw(&stack.kafka, "payments", usize::MAX).await.unwrap();
+    let mut authorized = None;
+    let mut declined = None;
+    for r in &payments {
+        match codec.decode::<PaymentEvent>("payments", r.payload.as_deref()).await.unwrap() {
+            PaymentEvent::PaymentAuthorized(a) if authorized.is_none() => authorized = Some((r.clone(), a)),
+            PaymentEvent::PaymentDeclined(d) if declined.is_none() => declined = Some(d),
+            _ => {}
+        }
+    }
+    let (copy_of, a) = authorized.expect("an authorized order");
+    let d = declined.expect("a declined order");
+    let mut second = PaymentDeclined {
+        metadata: a.metadata.clone(),
+        order_id: a.order_id.clone(),
+        customer_id: a.customer_id.clone(),
+        reason: DeclineReason::CardDeclined,
+        amount_minor: a.amount_minor,
+        currency: a.currency.clone(),
+    };
+    second.metadata.event_id = uuid::Uuid::new_v4().to_string();
+    let points = PointsAwarded {
+        metadata: EventMetadata {
+            event_id: uuid::Uuid::new_v4().to_string(),
+            causation_id: Some(d.metadata.event_id.clone()),
+            ..d.metadata.clone()
+        },
+        order_id: d.order_id.clone(),
+        customer_id: d.customer_id.clone(),
+        points: 10,
+        balance: 10,
+    };
+    let mut stray = match keyflow_schemas::samples::samples("verify").orders[0].clone() {
+        OrderEvent::OrderPlaced(o) => o,
+        _ => unreachable!("the first sample is an OrderPlaced"),
+    };
+    stray.customer_id = "customer-stray".into();
+    let producer: FutureProducer =
+        keyflow_schemas::kafka::client_config(&stack.kafka, keyflow_schemas::kafka::PRODUCER_DEFAULTS)
+            .unwrap()
+            .create()
+            .unwrap();
+    let send = |topic: &'static str, key: String, value: Vec<u8>| {
+        let producer = producer.clone();
+        async move {
+            producer
+                .send(FutureRecord::to(topic).key(&key).payload(&value), Duration::from_secs(30))
+                .await
+                .map_err(|(e, _)| e)
+                .unwrap()
+        }
+    };
+    let forged =
+        send("payments", a.customer_id.clone(), codec.encode("payments", &PaymentEvent::from(second)).await.unwrap())
+            .await;
+    send("loyalty", d.customer_id.clone(), codec.encode("loyalty", &LoyaltyEvent::from(points)).await.unwrap()).await;
+    send("payments", copy_of.key_text(), copy_of.payload.clone().unwrap()).await;
+    send("orders", "customer-stray".into(), codec.encode("orders", &OrderEvent::from(stray)).await.unwrap()).await;
+
+    let (code, report) = verify_json().await;
+    assert_eq!(code, Some(2), "violations exit with status 2: {report}");
+    assert_eq!(report["raw_copies_total"], 1, "the byte copy is counted, not a violation");
+    let violations = report["violations"].as_array().unwrap();
+    let has = |inv: u64, topic: &str, key: &str, text: &str| {
+        violations.iter().any(|v| {
+            v["invariant"] == inv
+                && v["topic"] == topic
+                && v["key"] == key
+                && v["message"].as_str().unwrap().contains(text)
+        })
+    };
+    assert!(has(6, "payments", &a.customer_id, "second payment decision"), "{violations:#?}");
+    assert!(
+        violations.iter().any(|v| v["offset"] == forged.offset && v["partition"] == forged.partition),
+        "the forged record is named by partition and offset: {violations:#?}"
+    );
+    assert!(has(4, "loyalty", &d.customer_id, "owes no loyalty event"), "{violations:#?}");
+    assert!(has(1, "orders", "customer-stray", "no payment decision"), "{violations:#?}");
+    assert!(has(2, "orders", "customer-stray", "no fulfillment outcome"), "{violations:#?}");
+    stack.down().await;
+}
