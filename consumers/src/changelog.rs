@@ -119,73 +119,166 @@ fn legacy_hex<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>,
         .map(Some)
 }
 
+/// A JSON value kept as its text, not parsed into a tree: the states in the
+/// changelog. A snapshot of a million keys then costs about its bytes in
+/// memory while it is written or read, not many times that.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Raw(Box<serde_json::value::RawValue>);
+
+impl PartialEq for Raw {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.get() == other.0.get()
+    }
+}
+
+impl Eq for Raw {}
+
+impl Raw {
+    /// `v` as compact JSON.
+    pub fn of<T: Serialize>(v: &T) -> serde_json::Result<Raw> {
+        serde_json::value::to_raw_value(v).map(Raw)
+    }
+
+    /// The value read back as a `T`.
+    pub fn parse<T: DeserializeOwned>(&self) -> serde_json::Result<T> {
+        serde_json::from_str(self.0.get())
+    }
+
+    /// Length of the JSON text.
+    pub fn len(&self) -> usize {
+        self.0.get().len()
+    }
+
+    /// Whether the JSON text is empty (never, for a valid value).
+    pub fn is_empty(&self) -> bool {
+        self.0.get().is_empty()
+    }
+}
+
 /// One changelog record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(tag = "kind", rename_all = "snake_case", try_from = "EntryWire")]
 pub enum Entry {
-    /// A key's change (a [`KeyDelta`] of the worker's state type), pending its commit.
-    State { key: String, state: serde_json::Value },
+    /// A key's change (a [`KeyDelta`] of the worker's state type), pending
+    /// its commit (written by earlier versions; now [`Entry::States`]).
+    State { key: String, state: Raw },
     /// Several keys' changes ([`KeyDelta`]s), pending the next commit.
-    States { states: BTreeMap<String, serde_json::Value> },
+    States { states: BTreeMap<String, Raw> },
     /// Part of the next commit's outbox (in order), pending that commit.
     Outbox { records: Vec<OutboxRecord> },
     /// A decided batch; `states` carries its keys' changes ([`KeyDelta`]s) when
-    /// they fit in one record (otherwise they precede it as [`Entry::State`] records).
+    /// they fit in one record (otherwise they precede it as [`Entry::States`] records).
     Commit {
         batch: u64,
         checkpoint: BTreeMap<String, i64>,
         outbox: Vec<OutboxRecord>,
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-        states: BTreeMap<String, serde_json::Value>,
+        states: BTreeMap<String, Raw>,
     },
     /// The batch's outbox was produced and acknowledged.
     Published { batch: u64 },
     /// Part `part` of `parts` of every key's full state ([`KeyState`]) as of
     /// `batch` (which was committed and published); the checkpoint is repeated
     /// in every part.
-    Snapshot {
-        batch: u64,
-        part: u32,
-        parts: u32,
-        checkpoint: BTreeMap<String, i64>,
-        states: BTreeMap<String, serde_json::Value>,
-    },
+    Snapshot { batch: u64, part: u32, parts: u32, checkpoint: BTreeMap<String, i64>, states: BTreeMap<String, Raw> },
+}
+
+/// How an [`Entry`] is read: a plain struct, because serde cannot read a
+/// [`Raw`] value through an internally tagged enum (it buffers the fields).
+#[derive(Deserialize)]
+struct EntryWire {
+    kind: String,
+    key: Option<String>,
+    state: Option<Raw>,
+    states: Option<BTreeMap<String, Raw>>,
+    records: Option<Vec<OutboxRecord>>,
+    batch: Option<u64>,
+    checkpoint: Option<BTreeMap<String, i64>>,
+    outbox: Option<Vec<OutboxRecord>>,
+    part: Option<u32>,
+    parts: Option<u32>,
+}
+
+impl TryFrom<EntryWire> for Entry {
+    type Error = String;
+
+    fn try_from(w: EntryWire) -> Result<Self, String> {
+        let kind = w.kind.clone();
+        let need = |what: &str| format!("a {kind} entry without `{what}`");
+        let batch = || w.batch.ok_or_else(|| need("batch"));
+        Ok(match w.kind.as_str() {
+            "state" => {
+                Entry::State { key: w.key.ok_or_else(|| need("key"))?, state: w.state.ok_or_else(|| need("state"))? }
+            }
+            "states" => Entry::States { states: w.states.ok_or_else(|| need("states"))? },
+            "outbox" => Entry::Outbox { records: w.records.ok_or_else(|| need("records"))? },
+            "commit" => Entry::Commit {
+                batch: batch()?,
+                checkpoint: w.checkpoint.ok_or_else(|| need("checkpoint"))?,
+                outbox: w.outbox.unwrap_or_default(),
+                states: w.states.unwrap_or_default(),
+            },
+            "published" => Entry::Published { batch: batch()? },
+            "snapshot" => Entry::Snapshot {
+                batch: batch()?,
+                part: w.part.ok_or_else(|| need("part"))?,
+                parts: w.parts.ok_or_else(|| need("parts"))?,
+                checkpoint: w.checkpoint.ok_or_else(|| need("checkpoint"))?,
+                states: w.states.unwrap_or_default(),
+            },
+            other => return Err(format!("unknown changelog entry kind '{other}'")),
+        })
+    }
 }
 
 /// Record header on every changelog record: the offset (decimal) of the first
 /// part of the latest complete snapshot in its partition.
 pub const SNAPSHOT_HEADER: &str = "keyflow.snapshot";
 
-/// Splits a full state into snapshot parts of about `max_part_bytes` of
-/// state each (at least one part, so an empty state is a snapshot too).
-pub fn snapshot_parts(
-    batch: u64,
-    checkpoint: &BTreeMap<String, i64>,
-    states: impl IntoIterator<Item = (String, serde_json::Value)>,
-    max_part_bytes: usize,
-) -> Vec<Entry> {
-    let mut chunks: Vec<BTreeMap<String, serde_json::Value>> = vec![BTreeMap::new()];
+/// Where a full state is cut into snapshot parts of about `max_part_bytes`
+/// of state each, given each key's `"key":value,` length in order: the index
+/// of every part's first key (at least one part, so an empty state is a
+/// snapshot too).
+pub fn snapshot_bounds(sizes: impl IntoIterator<Item = usize>, max_part_bytes: usize) -> Vec<usize> {
+    let mut bounds = vec![0];
     let mut size = 0;
-    for (key, state) in states {
-        // `"key":value,` in the part's JSON map.
-        let len = key.len() + json_len(&state) + 4;
+    for (i, len) in sizes.into_iter().enumerate() {
         if size > 0 && size + len > max_part_bytes {
-            chunks.push(BTreeMap::new());
+            bounds.push(i);
             size = 0;
         }
         size += len;
-        chunks.last_mut().expect("never empty").insert(key, state);
     }
-    let parts = chunks.len() as u32;
-    chunks
-        .into_iter()
-        .enumerate()
-        .map(|(i, states)| Entry::Snapshot { batch, part: i as u32, parts, checkpoint: checkpoint.clone(), states })
-        .collect()
+    bounds
+}
+
+/// Bytes a key takes in a snapshot part's JSON map (`"key":value,`).
+pub fn snapshot_len(key: &str, state_json_len: usize) -> usize {
+    key.len() + state_json_len + 4
+}
+
+/// Splits a full state into snapshot parts of about `max_part_bytes` each.
+pub fn snapshot_parts(
+    batch: u64,
+    checkpoint: &BTreeMap<String, i64>,
+    states: Vec<(String, Raw)>,
+    max_part_bytes: usize,
+) -> Vec<Entry> {
+    let bounds = snapshot_bounds(states.iter().map(|(k, v)| snapshot_len(k, v.len())), max_part_bytes);
+    let parts = bounds.len() as u32;
+    let mut out = Vec::with_capacity(bounds.len());
+    let mut states = states.into_iter();
+    for (i, start) in bounds.iter().enumerate() {
+        let end = bounds.get(i + 1).copied().unwrap_or(usize::MAX);
+        let part: BTreeMap<String, Raw> = states.by_ref().take(end - start).collect();
+        out.push(Entry::Snapshot { batch, part: i as u32, parts, checkpoint: checkpoint.clone(), states: part });
+    }
+    out
 }
 
 /// Length of a value's compact JSON, measured without allocating the text.
-fn json_len(v: &serde_json::Value) -> usize {
+pub fn json_len<T: Serialize>(v: &T) -> usize {
     struct Count(usize);
     impl std::io::Write for Count {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -240,7 +333,7 @@ pub fn restore<S: DeserializeOwned + Default + Clone>(
     entries: impl IntoIterator<Item = Entry>,
 ) -> Result<Restored<S>, RestoreError> {
     let mut r = Restored::default();
-    let mut pending: Vec<(String, serde_json::Value)> = Vec::new();
+    let mut pending: Vec<(String, Raw)> = Vec::new();
     let mut pending_outbox: Vec<OutboxRecord> = Vec::new();
     // The snapshot the read starts with, while its parts are being loaded: (batch, next part, parts).
     let mut loading: Option<(u64, u32, u32)> = None;
@@ -271,7 +364,8 @@ pub fn restore<S: DeserializeOwned + Default + Clone>(
             Entry::Commit { batch, checkpoint, outbox, states } => {
                 let outbox: Vec<OutboxRecord> = pending_outbox.drain(..).chain(outbox).collect();
                 for (key, delta) in pending.drain(..).chain(states) {
-                    let delta: KeyDelta<S> = serde_json::from_value(delta)
+                    let delta: KeyDelta<S> = delta
+                        .parse()
                         .map_err(|e| RestoreError(format!("state of key '{key}' in batch {batch}: {e}")))?;
                     r.states.entry(key).or_default().apply_delta(delta);
                 }
@@ -307,10 +401,10 @@ pub fn restore<S: DeserializeOwned + Default + Clone>(
 /// Adds a snapshot part's full key states.
 fn load<S: DeserializeOwned>(
     into: &mut HashMap<String, KeyState<S>>,
-    states: BTreeMap<String, serde_json::Value>,
+    states: BTreeMap<String, Raw>,
 ) -> Result<(), RestoreError> {
     for (key, v) in states {
-        let ks = serde_json::from_value(v).map_err(|e| RestoreError(format!("snapshot state of key '{key}': {e}")))?;
+        let ks = v.parse().map_err(|e| RestoreError(format!("snapshot state of key '{key}': {e}")))?;
         into.insert(key, ks);
     }
     Ok(())
@@ -375,10 +469,10 @@ mod tests {
     }
 
     /// A key's change that sets its state to `v`.
-    fn delta(v: i64) -> serde_json::Value {
-        serde_json::to_value(KeyDelta {
+    fn delta(v: i64) -> Raw {
+        Raw::of(&KeyDelta {
             state: v,
-            last_offsets: BTreeMap::new(),
+            last_offsets: Default::default(),
             max_event_time: 0,
             horizon: 0,
             event_ids: vec![],
@@ -388,8 +482,8 @@ mod tests {
     }
 
     /// A key's full state `v`, as a snapshot holds it.
-    fn full(v: i64) -> serde_json::Value {
-        serde_json::to_value(KeyState { state: v, ..KeyState::default() }).unwrap()
+    fn full(v: i64) -> Raw {
+        Raw::of(&KeyState { state: v, ..KeyState::default() }).unwrap()
     }
 
     fn state(key: &str, v: i64) -> Entry {
@@ -447,7 +541,7 @@ mod tests {
         snapshot_parts(
             batch,
             &BTreeMap::from([("orders/0".into(), offset)]),
-            states.iter().map(|(k, v)| (k.to_string(), full(*v))),
+            states.iter().map(|(k, v)| (k.to_string(), full(*v))).collect(),
             max_part_bytes,
         )
     }

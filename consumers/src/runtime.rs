@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use keyflow_schemas::client::KafkaArgs;
 use keyflow_schemas::events::*;
 use keyflow_schemas::headers;
@@ -203,12 +204,13 @@ impl<W: Worker> Ctx<W> {
             let started = Instant::now();
             let restored = match self.cfg.guarantee {
                 Guarantee::EffectivelyOnce => self.restore_with_retry(p),
-                Guarantee::AtLeastOnce => Ok((Task::empty(), RestoreStats { records: 0, republished: 0 })),
+                Guarantee::AtLeastOnce => Ok((Task::empty(), RestoreStats { records: 0, bytes: 0, republished: 0 })),
             };
             match restored {
                 Ok((task, stats)) => {
                     self.metrics.restore_seconds.observe(started.elapsed().as_secs_f64());
                     self.metrics.restore_records.inc_by(stats.records);
+                    self.metrics.restore_bytes.inc_by(stats.bytes);
                     self.metrics.republished.inc_by(stats.republished);
                     for t in &self.cfg.inputs {
                         let topic = self.cfg.names.get(t);
@@ -307,63 +309,111 @@ impl<W: Worker> ConsumerContext for Ctx<W> {
 /// What a restore read and re-published.
 struct RestoreStats {
     records: u64,
+    bytes: u64,
     republished: u64,
 }
 
-/// A changelog record as read back: its entry, size and snapshot pointer.
-struct Read {
-    entry: Entry,
-    bytes: u64,
-    snapshot: Option<i64>,
-}
-
-/// What a restore read: records, bytes, and the bytes of the snapshot it started at.
-struct Sizes {
+/// Reads changelog records `[from, to)` of one partition one at a time, so a
+/// restore applies each record as it arrives and holds no more than one
+/// record's entry (a snapshot of a million keys is not read into memory
+/// whole). Counts what it read; a read error ends the iteration and is kept
+/// in `error`.
+struct ChangelogReader<'a> {
+    consumer: &'a BaseConsumer,
+    topic: &'a str,
+    p: i32,
+    from: i64,
+    next: i64,
+    to: i64,
+    deadline: Instant,
+    /// Records and bytes read.
     records: u64,
-    read: u64,
-    snapshot: u64,
+    bytes: u64,
+    /// Bytes of the snapshot parts the read started with (when it starts at one).
+    snapshot_bytes: u64,
+    in_leading_snapshot: bool,
+    /// The snapshot pointer of the last record read.
+    pointer: Option<i64>,
+    error: Option<anyhow::Error>,
 }
 
-impl Sizes {
-    fn of(reads: &[Read], from_snapshot: bool) -> Self {
-        let leading = reads.iter().take_while(|r| from_snapshot && matches!(r.entry, Entry::Snapshot { .. }));
-        Sizes {
-            records: reads.len() as u64,
-            read: reads.iter().map(|r| r.bytes).sum(),
-            snapshot: leading.map(|r| r.bytes).sum(),
+impl<'a> ChangelogReader<'a> {
+    fn open(
+        consumer: &'a BaseConsumer,
+        topic: &'a str,
+        p: i32,
+        from: i64,
+        to: i64,
+        from_snapshot: bool,
+    ) -> anyhow::Result<Self> {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, p, Offset::Offset(from))?;
+        consumer.assign(&tpl)?;
+        Ok(ChangelogReader {
+            consumer,
+            topic,
+            p,
+            from,
+            next: from,
+            to,
+            deadline: Instant::now() + Duration::from_secs(600),
+            records: 0,
+            bytes: 0,
+            snapshot_bytes: 0,
+            in_leading_snapshot: from_snapshot,
+            pointer: None,
+            error: None,
+        })
+    }
+
+    /// The read's error, if it ended on one.
+    fn finish(self) -> anyhow::Result<Self> {
+        match self.error {
+            Some(e) => Err(e),
+            None => Ok(self),
         }
     }
 }
 
-/// Reads changelog records `[from, to)` of one partition.
-fn read_changelog(consumer: &BaseConsumer, topic: &str, p: i32, from: i64, to: i64) -> anyhow::Result<Vec<Read>> {
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, p, Offset::Offset(from))?;
-    consumer.assign(&tpl)?;
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let mut out = Vec::new();
-    let mut next = from;
-    while next < to {
-        anyhow::ensure!(Instant::now() < deadline, "reading {topic}[{p}] {from}..{to} did not finish in 300 s");
-        match consumer.poll(Duration::from_millis(500)) {
-            Some(Ok(m)) if m.offset() >= from => {
-                next = m.offset() + 1;
-                let snapshot = m.headers().and_then(|h| {
-                    h.iter()
-                        .find(|h| h.key == SNAPSHOT_HEADER)
-                        .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse().ok())
-                });
-                if let Some(v) = m.payload() {
-                    let entry = serde_json::from_slice::<Entry>(v)
-                        .map_err(|e| anyhow::anyhow!("{topic}[{p}] offset {}: {e}", m.offset()))?;
-                    out.push(Read { entry, bytes: v.len() as u64, snapshot });
-                }
+impl Iterator for ChangelogReader<'_> {
+    type Item = Entry;
+
+    fn next(&mut self) -> Option<Entry> {
+        let (topic, p) = (self.topic, self.p);
+        while self.next < self.to && self.error.is_none() {
+            if Instant::now() > self.deadline {
+                let (from, to) = (self.from, self.to);
+                self.error = Some(anyhow::anyhow!("reading {topic}[{p}] {from}..{to} did not finish in 600 s"));
+                break;
             }
-            Some(Ok(_)) | None => {}
-            Some(Err(e)) => return Err(e.into()),
+            match self.consumer.poll(Duration::from_millis(500)) {
+                Some(Ok(m)) if m.offset() >= self.next => {
+                    self.next = m.offset() + 1;
+                    self.pointer = m.headers().and_then(|h| {
+                        h.iter()
+                            .find(|h| h.key == SNAPSHOT_HEADER)
+                            .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse().ok())
+                    });
+                    let Some(v) = m.payload() else { continue };
+                    match serde_json::from_slice::<Entry>(v) {
+                        Ok(entry) => {
+                            self.records += 1;
+                            self.bytes += v.len() as u64;
+                            self.in_leading_snapshot &= matches!(entry, Entry::Snapshot { .. });
+                            if self.in_leading_snapshot {
+                                self.snapshot_bytes += v.len() as u64;
+                            }
+                            return Some(entry);
+                        }
+                        Err(e) => self.error = Some(anyhow::anyhow!("{topic}[{p}] offset {}: {e}", m.offset())),
+                    }
+                }
+                Some(Ok(_)) | None => {}
+                Some(Err(e)) => self.error = Some(e.into()),
+            }
         }
+        None
     }
-    Ok(out)
 }
 
 /// Rebuilds partition `p`'s task from its changelog — from the latest
@@ -377,22 +427,27 @@ fn restore_task<W: Worker>(worker: &W, cfg: &RuntimeConfig, p: i32) -> anyhow::R
     let consumer: BaseConsumer = keyflow_schemas::kafka::reader_config(&cfg.kafka, "keyflow-restore")?.create()?;
     let (low, high) = consumer.fetch_watermarks(&topic, p, Duration::from_secs(30))?;
     let pointer = if high > low {
-        read_changelog(&consumer, &topic, p, high - 1, high)?.pop().and_then(|r| r.snapshot)
+        let mut last = ChangelogReader::open(&consumer, &topic, p, high - 1, high, false)?;
+        last.by_ref().for_each(drop);
+        last.finish()?.pointer
     } else {
         None
     };
     let mut from_snapshot = pointer.filter(|o| (low..high).contains(o));
-    let mut reads = read_changelog(&consumer, &topic, p, from_snapshot.unwrap_or(low), high)?;
-    let mut sizes = Sizes::of(&reads, from_snapshot.is_some());
-    let restored = match changelog::restore::<W::State>(reads.drain(..).map(|r| r.entry)) {
+    let mut reader =
+        ChangelogReader::open(&consumer, &topic, p, from_snapshot.unwrap_or(low), high, from_snapshot.is_some())?;
+    let result = changelog::restore::<W::State>(reader.by_ref());
+    let mut reader = reader.finish()?;
+    let restored = match result {
         Ok(r) => r,
         Err(e) if from_snapshot.is_some() => {
             // A snapshot interleaved with another writer's records: read it all.
             tracing::warn!(worker = name, partition = p, error = %e, "snapshot unusable; restoring from the beginning");
             from_snapshot = None;
-            reads = read_changelog(&consumer, &topic, p, low, high)?;
-            sizes = Sizes::of(&reads, false);
-            changelog::restore(reads.drain(..).map(|r| r.entry))?
+            reader = ChangelogReader::open(&consumer, &topic, p, low, high, false)?;
+            let result = changelog::restore(reader.by_ref());
+            reader = reader.finish()?;
+            result?
         }
         Err(e) => return Err(e.into()),
     };
@@ -434,7 +489,7 @@ fn restore_task<W: Worker>(worker: &W, cfg: &RuntimeConfig, p: i32) -> anyhow::R
         producer.flush(Duration::from_secs(60))?;
     }
     tracing::info!(
-        worker = name, partition = p, keys = states.len(), records = sizes.records, from_snapshot = ?from_snapshot,
+        worker = name, partition = p, keys = states.len(), records = reader.records, bytes = reader.bytes, from_snapshot = ?from_snapshot,
         took = ?started.elapsed(), dropped_tail = restored.dropped_tail, "task restored"
     );
     let task = Task {
@@ -442,11 +497,11 @@ fn restore_task<W: Worker>(worker: &W, cfg: &RuntimeConfig, p: i32) -> anyhow::R
         next_batch: restored.last_batch + 1,
         checkpoint: restored.checkpoint,
         snapshot: from_snapshot,
-        since_snapshot: sizes.read - sizes.snapshot,
-        snapshot_bytes: sizes.snapshot,
+        since_snapshot: reader.bytes - reader.snapshot_bytes,
+        snapshot_bytes: reader.snapshot_bytes,
         pending,
     };
-    Ok((task, RestoreStats { records: sizes.records, republished }))
+    Ok((task, RestoreStats { records: reader.records, bytes: reader.bytes, republished }))
 }
 
 /// Decodes a record into an [`Input`].
@@ -548,6 +603,35 @@ impl<'a> Outgoing<'a> {
     }
 }
 
+/// Snapshot parts sent before the oldest one must be acknowledged.
+const SNAPSHOT_PARTS_IN_FLIGHT: usize = 8;
+
+/// Hands a record to the producer (its bytes are copied), waiting while the
+/// producer's queue is full; the future resolves on the broker's answer.
+async fn enqueue(producer: &FutureProducer, o: &Outgoing<'_>) -> anyhow::Result<rdkafka::producer::DeliveryFuture> {
+    loop {
+        match producer.send_result(o.record()) {
+            Ok(f) => return Ok(f),
+            Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), _)) => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err((e, _)) => anyhow::bail!("producing a {}-byte record to {} failed: {e}", o.value.len(), o.topic),
+        }
+    }
+}
+
+/// The offset of a delivered record, or why it was not delivered.
+fn delivered(
+    d: Option<Result<rdkafka::producer::future_producer::OwnedDeliveryResult, futures::channel::oneshot::Canceled>>,
+    topic: &str,
+) -> anyhow::Result<i64> {
+    match d {
+        Some(Ok(Ok(delivery))) => Ok(delivery.offset),
+        Some(Ok(Err((e, _)))) => anyhow::bail!("producing to {topic} failed: {e}"),
+        Some(Err(_)) | None => anyhow::bail!("producing to {topic}: the producer dropped the record"),
+    }
+}
+
 /// Produces all records and waits until every one is acknowledged; returns their offsets.
 async fn send_all(producer: &FutureProducer, records: &[Outgoing<'_>]) -> anyhow::Result<Vec<i64>> {
     let futures: Vec<_> = records.iter().map(|o| producer.send(o.record(), Duration::from_secs(300))).collect();
@@ -577,7 +661,7 @@ fn decision_records<'a, S: serde::Serialize>(
 ) -> anyhow::Result<Vec<Outgoing<'a>>> {
     let mut states = BTreeMap::new();
     for (key, ks) in changed {
-        states.insert(key.clone(), serde_json::to_value(ks)?);
+        states.insert(key.clone(), changelog::Raw::of(ks)?);
     }
     let commit =
         |outbox: Vec<OutboxRecord>, states| Entry::Commit { batch, checkpoint: checkpoint.clone(), outbox, states };
@@ -592,7 +676,7 @@ fn decision_records<'a, S: serde::Serialize>(
     let mut part = BTreeMap::new();
     let mut size = 0;
     for (key, state) in states {
-        let len = key.len() + state.to_string().len() + 4;
+        let len = changelog::snapshot_len(&key, state.len());
         if !part.is_empty() && size + len > MAX_COMMIT_BYTES {
             log.push(Outgoing::changelog(
                 topic,
@@ -863,18 +947,34 @@ impl<W: Worker> Runtime<W> {
             Some(t) => (t.checkpoint.clone(), t.snapshot),
             None => return Ok(()),
         };
-        let mut values = Vec::with_capacity(states.len());
-        for (k, ks) in states {
-            values.push((k.clone(), serde_json::to_value(ks)?));
-        }
-        let parts = changelog::snapshot_parts(batch, &checkpoint, values, SNAPSHOT_PART_BYTES);
+        // Two passes over the keys (sizes, then parts), each part sent as soon
+        // as it is built with a few in flight: memory stays at a few parts,
+        // not a copy of the whole state.
+        let sizes = states.iter().map(|(k, ks)| changelog::snapshot_len(k, changelog::json_len(ks)));
+        let bounds = changelog::snapshot_bounds(sizes, SNAPSHOT_PART_BYTES);
+        let parts = bounds.len() as u32;
         let topic = self.state_topic.as_str();
-        let mut log = Vec::with_capacity(parts.len());
-        for part in &parts {
-            log.push(Outgoing::changelog(topic, p, "__snapshot", part, old)?);
+        let mut keys = states.iter();
+        let mut in_flight = futures::stream::FuturesOrdered::new();
+        let mut offsets = Vec::with_capacity(bounds.len());
+        let mut bytes = 0u64;
+        for (i, start) in bounds.iter().enumerate() {
+            let end = bounds.get(i + 1).copied().unwrap_or(states.len());
+            let mut part = BTreeMap::new();
+            for (k, ks) in keys.by_ref().take(end - start) {
+                part.insert(k.clone(), changelog::Raw::of(ks)?);
+            }
+            let entry = Entry::Snapshot { batch, part: i as u32, parts, checkpoint: checkpoint.clone(), states: part };
+            let record = Outgoing::changelog(topic, p, "__snapshot", &entry, old)?;
+            bytes += record.value.len() as u64;
+            in_flight.push_back(enqueue(&self.producer, &record).await?);
+            while in_flight.len() >= SNAPSHOT_PARTS_IN_FLIGHT {
+                offsets.push(delivered(in_flight.next().await, topic)?);
+            }
         }
-        let bytes: u64 = log.iter().map(|o| o.value.len() as u64).sum();
-        let offsets = send_all(&self.producer, &log).await?;
+        while let Some(d) = in_flight.next().await {
+            offsets.push(delivered(Some(d), topic)?);
+        }
         let at = offsets[0];
         let marker = Outgoing::changelog(topic, p, "__published", &Entry::Published { batch }, Some(at))?;
         send_all(&self.producer, std::slice::from_ref(&marker)).await?;
@@ -884,7 +984,7 @@ impl<W: Worker> Runtime<W> {
             t.since_snapshot = 0;
         }
         self.metrics.snapshots.inc();
-        tracing::info!(worker = self.worker.name(), partition = p, batch, offset = at, parts = parts.len(), keys = states.len(), bytes, took = ?started.elapsed(), "state snapshot written");
+        tracing::info!(worker = self.worker.name(), partition = p, batch, offset = at, parts, keys = states.len(), bytes, took = ?started.elapsed(), "state snapshot written");
         Ok(())
     }
 }
@@ -1050,7 +1150,7 @@ mod tests {
             .map(|i| {
                 let delta = KeyDelta {
                     state: i,
-                    last_offsets: BTreeMap::from([("orders/0".into(), i)]),
+                    last_offsets: [("orders/0".to_string(), i)].into(),
                     max_event_time: 0,
                     horizon: 0,
                     event_ids: vec![],

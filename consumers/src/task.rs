@@ -64,9 +64,11 @@ pub trait Worker: Send + Sync + 'static {
 }
 
 /// Remembered ids with their event time, pruned by event-time retention.
+/// (A hash map: most keys remember a handful of ids, and a B-tree node costs
+/// a few hundred bytes however few it holds — a million keys' worth of state.)
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Window {
-    seen: BTreeMap<String, i64>,
+    seen: HashMap<String, i64>,
     /// Ids remembered since the last [`KeyState::take_delta`].
     #[serde(skip)]
     fresh: Vec<(String, i64)>,
@@ -93,6 +95,51 @@ impl Window {
     }
 }
 
+/// The highest offset applied per input partition (`topic/partition`): one
+/// or two entries, so a vector, written as a JSON map.
+#[derive(Debug, Clone, Default)]
+pub struct Offsets(Vec<(String, i64)>);
+
+/// Equal when they hold the same offsets, in whatever order.
+impl PartialEq for Offsets {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.len() == other.0.len() && self.0.iter().all(|(p, o)| other.get(p) == Some(*o))
+    }
+}
+
+impl Eq for Offsets {}
+
+impl Offsets {
+    pub fn get(&self, partition: &str) -> Option<i64> {
+        self.0.iter().find(|(p, _)| p == partition).map(|(_, o)| *o)
+    }
+
+    pub fn insert(&mut self, partition: String, offset: i64) {
+        match self.0.iter_mut().find(|(p, _)| *p == partition) {
+            Some((_, o)) => *o = offset,
+            None => self.0.push((partition, offset)),
+        }
+    }
+}
+
+impl<const N: usize> From<[(String, i64); N]> for Offsets {
+    fn from(v: [(String, i64); N]) -> Self {
+        Offsets(v.into())
+    }
+}
+
+impl Serialize for Offsets {
+    fn serialize<Z: serde::Serializer>(&self, s: Z) -> Result<Z::Ok, Z::Error> {
+        s.collect_map(self.0.iter().map(|(p, o)| (p, o)))
+    }
+}
+
+impl<'de> Deserialize<'de> for Offsets {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Offsets(BTreeMap::<String, i64>::deserialize(d)?.into_iter().collect()))
+    }
+}
+
 /// A key's worker state plus the runtime's per-key bookkeeping.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct KeyState<S> {
@@ -102,7 +149,7 @@ pub struct KeyState<S> {
     /// Input `idempotency_key`s already applied (re-sent facts are duplicates).
     pub idempotency_keys: Window,
     /// Highest input offset applied, per input partition (`topic/partition`).
-    pub last_offsets: BTreeMap<String, i64>,
+    pub last_offsets: Offsets,
     /// Highest event time seen for this key (drives pruning).
     pub max_event_time: i64,
 }
@@ -114,7 +161,7 @@ pub struct KeyState<S> {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KeyDelta<S> {
     pub state: S,
-    pub last_offsets: BTreeMap<String, i64>,
+    pub last_offsets: Offsets,
     pub max_event_time: i64,
     pub horizon: i64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -222,7 +269,7 @@ async fn apply<W: Worker>(
     retention_ms: i64,
 ) -> (Outcome, Vec<AnyEvent>, bool) {
     let pk = partition_key(input);
-    if ks.last_offsets.get(&pk).is_some_and(|last| input.offset <= *last) {
+    if ks.last_offsets.get(&pk).is_some_and(|last| input.offset <= last) {
         return (Outcome::Stale, vec![], false);
     }
     ks.last_offsets.insert(pk, input.offset);
@@ -446,6 +493,16 @@ mod tests {
         }
         assert_eq!(rebuilt, live);
         assert!(live["k"].event_ids.len() < 18, "pruned by event time");
+    }
+
+    #[test]
+    fn offsets_are_written_as_the_map_earlier_versions_wrote() {
+        let o: Offsets = [("payments/0".to_string(), 7), ("orders/0".to_string(), 5)].into();
+        let text = serde_json::to_string(&o).unwrap();
+        assert_eq!(text, r#"{"payments/0":7,"orders/0":5}"#);
+        let back: Offsets = serde_json::from_str(r#"{"orders/0":5,"payments/0":7}"#).unwrap();
+        assert_eq!(back, o, "equal whatever the order");
+        assert_eq!((back.get("orders/0"), back.get("x")), (Some(5), None));
     }
 
     #[tokio::test]

@@ -41,6 +41,8 @@ pub const WORKER_LAG: &str = "keyflow_worker_consumer_lag";
 pub const WORKER_STATE_KEYS: &str = "keyflow_worker_state_keys";
 /// Worker: changelog records read by restores.
 pub const WORKER_RESTORE_RECORDS: &str = "keyflow_worker_restore_records_total";
+/// Worker: changelog bytes read by restores.
+pub const WORKER_RESTORE_BYTES: &str = "keyflow_worker_restore_bytes_total";
 /// Worker: duration of one task restore.
 pub const WORKER_RESTORE_SECONDS: &str = "keyflow_worker_restore_seconds";
 /// Worker: inputs of the batch being processed.

@@ -34,7 +34,6 @@ fn spawn(stack: &Stack, extra: &[&str]) -> Worker {
     let child = std::process::Command::new(bin("worker"))
         .args(["counter", "-b", &stack.kafka.brokers, "--registry", &stack.registry.registry])
         .args(["--instance-id", "bench", "--metrics-addr", &metrics.to_string(), "--max-in-flight", "64"])
-        .args(["--max-batch", "2000"])
         .args(extra)
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -57,10 +56,12 @@ async fn until_outputs(stack: &Stack, outputs: i64) {
     }
 }
 
-/// A restore as the worker reports it: seconds and changelog records read.
+/// A restore as the worker reports it: seconds, changelog records and bytes read, keys restored.
 struct Restore {
     seconds: f64,
     records: f64,
+    bytes: f64,
+    keys: f64,
     changelog_records: i64,
 }
 
@@ -80,6 +81,8 @@ async fn restart(stack: &Stack, w: &mut Worker, extra: &[&str]) -> Restore {
     Restore {
         seconds: metric_sum(&text, &format!("{}_sum", m::WORKER_RESTORE_SECONDS), None),
         records: metric_sum(&text, m::WORKER_RESTORE_RECORDS, None),
+        bytes: metric_sum(&text, m::WORKER_RESTORE_BYTES, None),
+        keys: metric_sum(&text, m::WORKER_STATE_KEYS, None),
         changelog_records: high_watermark(stack, "counter-state"),
     }
 }
@@ -96,12 +99,15 @@ fn rss_mib(pid: u32) -> f64 {
 }
 
 fn row(name: &str, r: &Restore) -> String {
+    let mib = r.bytes / (1024.0 * 1024.0);
     format!(
-        "| {name} | {} | {:.0} | {:.2} | {:.0} |\n",
+        "| {name} | {} | {:.0} | {mib:.1} | {:.0} | {:.2} | {:.1} | {:.0} |\n",
         r.changelog_records,
         r.records,
+        r.keys,
         r.seconds,
-        r.records / r.seconds.max(1e-9)
+        mib / r.seconds.max(1e-9),
+        r.keys / r.seconds.max(1e-9)
     )
 }
 
@@ -115,13 +121,16 @@ async fn main() {
     let dir = tempfile::tempdir().unwrap();
     let stack = counter_stack(dir.path(), 1).await;
     produce_orders(&stack, short, 5, 10_000);
-    let mut w = spawn(&stack, &[]);
+    // A short dedupe retention, so the state (keys and remembered ids) stays
+    // the same size while the history grows.
+    let phase1 = ["--dedupe-retention", "1m"];
+    let mut w = spawn(&stack, &phase1);
     until_outputs(&stack, short as i64).await;
-    let first = restart(&stack, &mut w, &[]).await;
+    let first = restart(&stack, &mut w, &phase1).await;
     eprintln!("restore after {short}: {:.2} s, {} records", first.seconds, first.records);
     produce_orders(&stack, long - short, 6, 10_000);
     until_outputs(&stack, long as i64).await;
-    let second = restart(&stack, &mut w, &[]).await;
+    let second = restart(&stack, &mut w, &phase1).await;
     eprintln!("restore after {long}: {:.2} s, {} records", second.seconds, second.records);
     // The same history without snapshots: a restore that must scan it all.
     let _ = w.child.kill();
@@ -130,7 +139,7 @@ async fn main() {
         let dir2 = tempfile::tempdir().unwrap();
         let s = counter_stack(dir2.path(), 1).await;
         produce_orders(&s, long, 5, 10_000);
-        let huge = ["--snapshot-interval-bytes", "1000000000000"];
+        let huge = ["--snapshot-interval-bytes", "1000000000000", "--dedupe-retention", "1m"];
         let mut w2 = spawn(&s, &huge);
         until_outputs(&s, long as i64).await;
         let full = restart(&s, &mut w2, &huge).await;
@@ -161,9 +170,10 @@ async fn main() {
     let body = format!(
         "## Runtime: restore time and state memory\n\n\
          `cargo build --release --bins && cargo bench -p keyflow-e2e --bench runtime_restore` (BENCH_SHORT={short}, BENCH_LONG={long}), \
-         release build on {machine}, `worker counter` on 1 partition (`--max-batch 2000`), default snapshots (`--snapshot-interval-bytes` 16 MiB), \
+         release build on {machine}, `worker counter` on 1 partition, default snapshots (`--snapshot-interval-bytes` 16 MiB), \
+         orders 1 ms apart in event time; the 10k-key runs remember ids for `--dedupe-retention 1m` (so the state stays the same size as history grows), the 1M-key run for the default 24 h; \
          embedded Tansu. A restore is measured from the worker's own metrics (`{}`, `{}`) after a SIGKILL and restart.\n\n\
-         | restore of | changelog records | records read | seconds | records/s |\n|---|---|---|---|---|\n{}{}{}{}\n\
+         | restore of | changelog records | records read | MiB read | keys | seconds | MiB/s | keys/s |\n|---|---|---|---|---|---|---|---|\n{}{}{}{}\n\
          History ×{:.0} over the same 10k keys: restore time ×{:.2}; a full scan of the {long}-input history takes {:.1}× as long as the snapshot restore.\n\n\
          State memory: {keys:.0} keys held, worker RSS {rss:.0} MiB after processing ({:.0} bytes per key, dedupe windows included), {rss_restored:.0} MiB right after restoring them.\n",
         m::WORKER_RESTORE_SECONDS,
