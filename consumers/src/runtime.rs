@@ -174,6 +174,10 @@ struct Ctx<W: Worker> {
     tasks: Tasks<W::State>,
     metrics: WorkerMetrics,
     ready: Arc<AtomicBool>,
+    /// The runtime's producer: flushed before partitions are released, so
+    /// the next owner's restore sees every record this member queued (the
+    /// published markers are not awaited).
+    producer: FutureProducer,
 }
 
 impl<W: Worker> Ctx<W> {
@@ -260,6 +264,9 @@ impl<W: Worker> Ctx<W> {
     fn revoke(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList, incremental: bool) {
         self.metrics.rebalances.with_label_values(&["revoke"]).inc();
         self.metrics.lag.reset();
+        if let Err(e) = self.producer.flush(Duration::from_secs(30)) {
+            tracing::warn!(error = %e, "flushing before releasing partitions failed; the next owner re-publishes what is unmarked");
+        }
         let mut tasks = lock(&self.tasks);
         if incremental {
             for e in tpl.elements() {
@@ -387,7 +394,10 @@ impl Iterator for ChangelogReader<'_> {
                 break;
             }
             match self.consumer.poll(Duration::from_millis(500)) {
-                Some(Ok(m)) if m.offset() >= self.next => {
+                // Only the range asked for: a record from beyond it (a fetch of an
+                // earlier assignment, or one appended since the watermarks were
+                // read) must not end the read before the range is complete.
+                Some(Ok(m)) if (self.next..self.to).contains(&m.offset()) => {
                     self.next = m.offset() + 1;
                     self.pointer = m.headers().and_then(|h| {
                         h.iter()
@@ -1014,12 +1024,20 @@ pub async fn run<W: Worker>(
     if let Some(id) = &cfg.instance_id {
         settings.push(("group.instance.id", id));
     }
-    let ctx = Ctx { worker: worker.clone(), cfg: cfg.clone(), tasks: tasks.clone(), metrics: metrics.clone(), ready };
+    let producer: FutureProducer = client_config(&cfg.kafka, PRODUCER_DEFAULTS)?.create()?;
+    let ctx = Ctx {
+        worker: worker.clone(),
+        cfg: cfg.clone(),
+        tasks: tasks.clone(),
+        metrics: metrics.clone(),
+        ready,
+        producer: producer.clone(),
+    };
     let consumer: StreamConsumer<Ctx<W>> = client_config(&cfg.kafka, &settings)?.create_with_context(ctx)?;
     let inputs: Vec<String> = cfg.inputs.iter().map(|t| cfg.names.get(t)).collect();
     consumer.subscribe(&inputs.iter().map(String::as_str).collect::<Vec<_>>())?;
     let rt = Runtime {
-        producer: client_config(&cfg.kafka, PRODUCER_DEFAULTS)?.create()?,
+        producer,
         runner: KeyedRunner::new(cfg.max_in_flight),
         state_topic: cfg.names.get(&state_topic(name)),
         dlq_topic: cfg.names.get(&dlq_topic(name)),

@@ -45,14 +45,17 @@ pub const FETCH_WAIT_MS: &str = "50";
 
 /// A client for reading partitions to their end (restores, the verifier,
 /// inspection): no offset commits, short fetch waits (see [`FETCH_WAIT_MS`];
-/// with 500 ms a reader gets one fetch per 250 ms on Tansu) and a bounded
-/// prefetch queue.
+/// with 500 ms a reader gets one fetch per 250 ms on Tansu), a bounded
+/// prefetch queue, and an error instead of a silent jump when the broker
+/// says an offset is out of range (a reader that skipped records would
+/// restore or verify from a hole).
 pub fn reader_config(kafka: &KafkaArgs, group: &str) -> Result<ClientConfig, KafkaError> {
     client_config(
         kafka,
         &[
             ("group.id", group),
             ("enable.auto.commit", "false"),
+            ("auto.offset.reset", "error"),
             ("fetch.wait.max.ms", "10"),
             ("queued.max.messages.kbytes", "16384"),
         ],

@@ -161,13 +161,13 @@ async fn kill_9_twenty_times_in_200k_records_loses_nothing_duplicates_nothing_an
         if distinct >= want_total {
             break;
         }
-        // SIGKILL one instance at a random moment (every 2-5 s while there is work left)
-        // and bring it back; the last kills leave a quarter of the run to finish.
+        // SIGKILL one instance at a random moment (every 1-2.5 s while there is work left)
+        // and bring it back; the last kills leave a tenth of the run to finish.
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
-        let gap = Duration::from_millis(2000 + rng % 3000);
-        if kills < 20 && distinct > 0 && distinct < want_total * 3 / 4 && last_kill.elapsed() > gap {
+        let gap = Duration::from_millis(1000 + rng % 1500);
+        if kills < 20 && distinct > 0 && distinct < want_total * 9 / 10 && last_kill.elapsed() > gap {
             last_kill = Instant::now();
             let (victim, id) = if rng.is_multiple_of(2) { (&mut a, "a") } else { (&mut b, "b") };
             victim.kill().unwrap();
