@@ -236,11 +236,10 @@ impl TryFrom<EntryWire> for Entry {
 /// part of the latest complete snapshot in its partition.
 pub const SNAPSHOT_HEADER: &str = "keyflow.snapshot";
 
-/// Where a full state is cut into snapshot parts of about `max_part_bytes`
-/// of state each, given each key's `"key":value,` length in order: the index
-/// of every part's first key (at least one part, so an empty state is a
-/// snapshot too).
-pub fn snapshot_bounds(sizes: impl IntoIterator<Item = usize>, max_part_bytes: usize) -> Vec<usize> {
+/// Where a run of items is cut into parts of about `max_part_bytes` each,
+/// given each item's size in order: the index of every part's first item
+/// (at least one part, so an empty state is a snapshot too).
+pub fn part_bounds(sizes: impl IntoIterator<Item = usize>, max_part_bytes: usize) -> Vec<usize> {
     let mut bounds = vec![0];
     let mut size = 0;
     for (i, len) in sizes.into_iter().enumerate() {
@@ -253,28 +252,64 @@ pub fn snapshot_bounds(sizes: impl IntoIterator<Item = usize>, max_part_bytes: u
     bounds
 }
 
-/// Bytes a key takes in a snapshot part's JSON map (`"key":value,`).
-pub fn snapshot_len(key: &str, state_json_len: usize) -> usize {
+/// `items` cut into parts of about `max_part_bytes` each (see [`part_bounds`]);
+/// no part for no items.
+pub fn split<T>(items: Vec<T>, size: impl Fn(&T) -> usize, max_part_bytes: usize) -> Vec<Vec<T>> {
+    if items.is_empty() {
+        return vec![];
+    }
+    let bounds = part_bounds(items.iter().map(size), max_part_bytes);
+    let mut rest = items.into_iter();
+    bounds
+        .iter()
+        .enumerate()
+        .map(|(i, start)| {
+            let end = bounds.get(i + 1).copied().unwrap_or(usize::MAX);
+            rest.by_ref().take(end.saturating_sub(*start)).collect()
+        })
+        .collect()
+}
+
+/// Bytes a key takes in a part's JSON map of states (`"key":value,`).
+pub fn state_len(key: &str, state_json_len: usize) -> usize {
     key.len() + state_json_len + 4
 }
 
-/// Splits a full state into snapshot parts of about `max_part_bytes` each.
+/// Bytes an outbox record takes in a changelog record's JSON, from above
+/// (base64 value and header values, names, punctuation).
+pub fn outbox_len(o: &OutboxRecord) -> usize {
+    let b64 = |n: usize| n.div_ceil(3) * 4;
+    b64(o.value.len())
+        + o.topic.len()
+        + o.key.len()
+        + o.headers.iter().map(|(k, v)| k.len() + b64(v.len()) + 8).sum::<usize>()
+        + 32
+}
+
+/// Splits a full state into snapshot parts of about `max_part_bytes` each
+/// (one part when there are no keys).
 pub fn snapshot_parts(
     batch: u64,
     checkpoint: &BTreeMap<String, i64>,
     states: Vec<(String, Raw)>,
     max_part_bytes: usize,
 ) -> Vec<Entry> {
-    let bounds = snapshot_bounds(states.iter().map(|(k, v)| snapshot_len(k, v.len())), max_part_bytes);
-    let parts = bounds.len() as u32;
-    let mut out = Vec::with_capacity(bounds.len());
-    let mut states = states.into_iter();
-    for (i, start) in bounds.iter().enumerate() {
-        let end = bounds.get(i + 1).copied().unwrap_or(usize::MAX);
-        let part: BTreeMap<String, Raw> = states.by_ref().take(end - start).collect();
-        out.push(Entry::Snapshot { batch, part: i as u32, parts, checkpoint: checkpoint.clone(), states: part });
+    let mut chunks = split(states, |(k, v)| state_len(k, v.len()), max_part_bytes);
+    if chunks.is_empty() {
+        chunks.push(vec![]);
     }
-    out
+    let parts = chunks.len() as u32;
+    chunks
+        .into_iter()
+        .enumerate()
+        .map(|(i, part)| Entry::Snapshot {
+            batch,
+            part: i as u32,
+            parts,
+            checkpoint: checkpoint.clone(),
+            states: part.into_iter().collect(),
+        })
+        .collect()
 }
 
 /// Length of a value's compact JSON, measured without allocating the text.

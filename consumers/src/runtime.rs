@@ -683,51 +683,19 @@ fn decision_records<'a, S: serde::Serialize>(
     let Entry::Commit { states, .. } = whole else { unreachable!("built above") };
     let mut log = Vec::new();
     // The record key is not used: every changelog record names its partition.
-    let mut part = BTreeMap::new();
-    let mut size = 0;
-    for (key, state) in states {
-        let len = changelog::snapshot_len(&key, state.len());
-        if !part.is_empty() && size + len > MAX_COMMIT_BYTES {
-            log.push(Outgoing::changelog(
-                topic,
-                p,
-                "__states",
-                &Entry::States { states: std::mem::take(&mut part) },
-                snapshot,
-            )?);
-            size = 0;
-        }
-        size += len;
-        part.insert(key, state);
+    let state_parts =
+        changelog::split(states.into_iter().collect(), |(k, v)| changelog::state_len(k, v.len()), MAX_COMMIT_BYTES);
+    for part in state_parts {
+        log.push(Outgoing::changelog(
+            topic,
+            p,
+            "__states",
+            &Entry::States { states: part.into_iter().collect() },
+            snapshot,
+        )?);
     }
-    if !part.is_empty() {
-        log.push(Outgoing::changelog(topic, p, "__states", &Entry::States { states: part }, snapshot)?);
-    }
-    let mut part: Vec<OutboxRecord> = vec![];
-    let mut size = 0;
-    for o in outbox {
-        // Base64 value and header values plus names and JSON punctuation, from above.
-        let b64 = |n: usize| n.div_ceil(3) * 4;
-        let len = b64(o.value.len())
-            + o.topic.len()
-            + o.key.len()
-            + o.headers.iter().map(|(k, v)| k.len() + b64(v.len()) + 8).sum::<usize>()
-            + 32;
-        if !part.is_empty() && size + len > MAX_COMMIT_BYTES {
-            log.push(Outgoing::changelog(
-                topic,
-                p,
-                "__outbox",
-                &Entry::Outbox { records: std::mem::take(&mut part) },
-                snapshot,
-            )?);
-            size = 0;
-        }
-        size += len;
-        part.push(o.clone());
-    }
-    if !part.is_empty() {
-        log.push(Outgoing::changelog(topic, p, "__outbox", &Entry::Outbox { records: part }, snapshot)?);
+    for records in changelog::split(outbox.to_vec(), changelog::outbox_len, MAX_COMMIT_BYTES) {
+        log.push(Outgoing::changelog(topic, p, "__outbox", &Entry::Outbox { records }, snapshot)?);
     }
     log.push(Outgoing::changelog(topic, p, "__commit", &commit(vec![], BTreeMap::new()), snapshot)?);
     Ok(log)
@@ -960,8 +928,8 @@ impl<W: Worker> Runtime<W> {
         // Two passes over the keys (sizes, then parts), each part sent as soon
         // as it is built with a few in flight: memory stays at a few parts,
         // not a copy of the whole state.
-        let sizes = states.iter().map(|(k, ks)| changelog::snapshot_len(k, changelog::json_len(ks)));
-        let bounds = changelog::snapshot_bounds(sizes, SNAPSHOT_PART_BYTES);
+        let sizes = states.iter().map(|(k, ks)| changelog::state_len(k, changelog::json_len(ks)));
+        let bounds = changelog::part_bounds(sizes, SNAPSHOT_PART_BYTES);
         let parts = bounds.len() as u32;
         let topic = self.state_topic.as_str();
         let mut keys = states.iter();

@@ -26,6 +26,21 @@ pub struct TopicSpec {
     pub events: Vec<String>,
 }
 
+impl TopicSpec {
+    /// A topic outside the catalog (tests, benchmarks): no family, no
+    /// configs, replication factor 1.
+    pub fn new(name: &str, partitions: i32) -> Self {
+        TopicSpec {
+            name: name.to_string(),
+            partitions,
+            replication_factor: 1,
+            config: Default::default(),
+            family: None,
+            events: vec![],
+        }
+    }
+}
+
 /// The parsed catalog.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -106,24 +106,10 @@ async fn main() {
     let mut specs = Vec::new();
     for r in 0..rounds {
         for kind in ["avro", "raw"] {
-            specs.push(TopicSpec {
-                name: format!("bench-{kind}-{r}"),
-                partitions: 6,
-                replication_factor: 1,
-                config: Default::default(),
-                family: None,
-                events: vec![],
-            });
+            specs.push(TopicSpec::new(&format!("bench-{kind}-{r}"), 6));
         }
     }
-    specs.push(TopicSpec {
-        name: "bench-paced".into(),
-        partitions: 6,
-        replication_factor: 1,
-        config: Default::default(),
-        family: None,
-        events: vec![],
-    });
+    specs.push(TopicSpec::new("bench-paced", 6));
     keyflow_infra::kafka::create_topics(&stack.kafka, &specs, None).await.unwrap();
 
     // The same events, encoded once, for the raw baseline (identical sizes and keys).

@@ -94,17 +94,7 @@ pub mod bench {
             install: true,
         };
         let stack = Stack::up(&opts).await.expect("stack");
-        let specs: Vec<TopicSpec> = [("counter-state", partitions), ("counter.dlq", 1)]
-            .iter()
-            .map(|(n, p)| TopicSpec {
-                name: n.to_string(),
-                partitions: *p,
-                replication_factor: 1,
-                config: Default::default(),
-                family: None,
-                events: vec![],
-            })
-            .collect();
+        let specs = [TopicSpec::new("counter-state", partitions), TopicSpec::new("counter.dlq", 1)];
         keyflow_infra::kafka::create_topics(&stack.kafka, &specs, None).await.unwrap();
         stack
     }

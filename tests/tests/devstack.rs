@@ -98,14 +98,7 @@ async fn worker_refuses_to_start_when_co_partitioned_topics_differ() {
     let dir = tempfile::tempdir().unwrap();
     let stack = start(&options(dir.path(), 2)).await;
     // Tansu has no CreatePartitions, so point the join at a payments topic with another count.
-    let spec = keyflow_schemas::topics::TopicSpec {
-        name: "payments-3".into(),
-        partitions: 3,
-        replication_factor: 1,
-        config: Default::default(),
-        family: None,
-        events: vec![],
-    };
+    let spec = keyflow_schemas::topics::TopicSpec::new("payments-3", 3);
     keyflow_infra::kafka::create_topics(&stack.kafka, &[spec], None).await.unwrap();
     let out = run("worker", &["fulfillment", "-b", &stack.kafka.brokers, "--topic", "payments=payments-3"]).await;
     let (_, stderr) = text(&out);

@@ -84,17 +84,8 @@ async fn orders_decode_and_each_key_sees_events_in_generation_order() {
 async fn same_seed_and_start_time_write_byte_identical_records() {
     let dir = tempfile::tempdir().unwrap();
     let stack = start(&options(dir.path(), 2)).await;
-    let specs: Vec<TopicSpec> = ["contracts-a", "contracts-b", "properties-a", "properties-b"]
-        .iter()
-        .map(|n| TopicSpec {
-            name: n.to_string(),
-            partitions: 2,
-            replication_factor: 1,
-            config: Default::default(),
-            family: None,
-            events: vec![],
-        })
-        .collect();
+    let specs: Vec<TopicSpec> =
+        ["contracts-a", "contracts-b", "properties-a", "properties-b"].iter().map(|n| TopicSpec::new(n, 2)).collect();
     keyflow_infra::kafka::create_topics(&stack.kafka, &specs, None).await.unwrap();
     for suffix in ["a", "b"] {
         let out = run(

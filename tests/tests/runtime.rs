@@ -14,17 +14,6 @@ use keyflow_schemas::events::OrderEvent;
 use keyflow_schemas::topics::TopicSpec;
 use keyflow_schemas::{Codec, RegistryConfig};
 
-fn spec(name: &str, partitions: i32) -> TopicSpec {
-    TopicSpec {
-        name: name.into(),
-        partitions,
-        replication_factor: 1,
-        config: Default::default(),
-        family: None,
-        events: vec![],
-    }
-}
-
 fn spawn_worker(brokers: &str, registry: &str, instance: &str, log: &std::path::Path) -> std::process::Child {
     spawn_worker_with(brokers, registry, instance, log, &[])
 }
@@ -32,9 +21,13 @@ fn spawn_worker(brokers: &str, registry: &str, instance: &str, log: &std::path::
 /// A stack with the counter's topics and `count` orders (seed 3) on `orders`.
 async fn stack_with_orders(dir: &std::path::Path, count: u64) -> keyflow_infra::stack::Stack {
     let stack = start(&options(dir, 3)).await;
-    keyflow_infra::kafka::create_topics(&stack.kafka, &[spec("counter-state", 3), spec("counter.dlq", 1)], None)
-        .await
-        .unwrap();
+    keyflow_infra::kafka::create_topics(
+        &stack.kafka,
+        &[TopicSpec::new("counter-state", 3), TopicSpec::new("counter.dlq", 1)],
+        None,
+    )
+    .await
+    .unwrap();
     let out = run(
         "producer",
         &[

@@ -137,7 +137,7 @@ pub(crate) mod testing {
     use super::*;
     use crate::task::{Decision, Input, Worker};
 
-    fn meta(ty: &str, id: &str, at: i64, correlation: &str) -> EventMetadata {
+    pub fn meta(ty: &str, id: &str, at: i64, correlation: &str) -> EventMetadata {
         EventMetadata {
             event_id: id.into(),
             event_type: ty.into(),

@@ -220,25 +220,16 @@ impl Worker for Publication {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::workers::testing::{apply, outputs};
+    use crate::workers::testing::{apply, meta, outputs};
 
     const P: &str = "NL/Utrecht/Oudegracht/1";
 
-    fn meta(ty: &str, id: &str, at: i64) -> EventMetadata {
-        EventMetadata {
-            event_id: id.into(),
-            event_type: ty.into(),
-            source: "test".into(),
-            occurred_at: at,
-            idempotency_key: format!("idem-{id}"),
-            correlation_id: id.into(),
-            causation_id: None,
-        }
-    }
-
     fn contract(status: ContractStatus, modified: i64) -> AnyEvent {
         ContractStatusChanged {
-            metadata: meta("ContractStatusChanged", &format!("contract-{status:?}-{modified}"), modified),
+            metadata: {
+                let id = format!("contract-{status:?}-{modified}");
+                meta("ContractStatusChanged", &id, modified, &id)
+            },
             property_id: P.into(),
             contract_id: "k1".into(),
             contract_status: status,
@@ -249,7 +240,7 @@ mod tests {
 
     fn request_with(id: &str, at: i64, description: &str, images: &[&str]) -> AnyEvent {
         PublicationApprovalRequested {
-            metadata: meta("PublicationApprovalRequested", &format!("{id}-event"), at),
+            metadata: meta("PublicationApprovalRequested", &format!("{id}-event"), at, id),
             request_id: id.into(),
             property_id: P.into(),
             address: PropertyAddress {
