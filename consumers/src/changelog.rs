@@ -286,32 +286,6 @@ pub fn outbox_len(o: &OutboxRecord) -> usize {
         + 32
 }
 
-/// Splits a full state into snapshot parts of about `max_part_bytes` each
-/// (one part when there are no keys).
-pub fn snapshot_parts(
-    batch: u64,
-    checkpoint: &BTreeMap<String, i64>,
-    states: Vec<(String, Raw)>,
-    max_part_bytes: usize,
-) -> Vec<Entry> {
-    let mut chunks = split(states, |(k, v)| state_len(k, v.len()), max_part_bytes);
-    if chunks.is_empty() {
-        chunks.push(vec![]);
-    }
-    let parts = chunks.len() as u32;
-    chunks
-        .into_iter()
-        .enumerate()
-        .map(|(i, part)| Entry::Snapshot {
-            batch,
-            part: i as u32,
-            parts,
-            checkpoint: checkpoint.clone(),
-            states: part.into_iter().collect(),
-        })
-        .collect()
-}
-
 /// Length of a value's compact JSON, measured without allocating the text.
 pub fn json_len<T: Serialize>(v: &T) -> usize {
     struct Count(usize);
@@ -462,6 +436,32 @@ impl Entry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Splits a full state into snapshot parts of about `max_part_bytes` each
+    /// (one part when there are no keys).
+    fn snapshot_parts(
+        batch: u64,
+        checkpoint: &BTreeMap<String, i64>,
+        states: Vec<(String, Raw)>,
+        max_part_bytes: usize,
+    ) -> Vec<Entry> {
+        let mut chunks = split(states, |(k, v)| state_len(k, v.len()), max_part_bytes);
+        if chunks.is_empty() {
+            chunks.push(vec![]);
+        }
+        let parts = chunks.len() as u32;
+        chunks
+            .into_iter()
+            .enumerate()
+            .map(|(i, part)| Entry::Snapshot {
+                batch,
+                part: i as u32,
+                parts,
+                checkpoint: checkpoint.clone(),
+                states: part.into_iter().collect(),
+            })
+            .collect()
+    }
 
     fn out(v: u8) -> OutboxRecord {
         OutboxRecord { topic: "payments".into(), key: "c".into(), value: vec![0, 0, 0, 0, 1, v], headers: vec![] }

@@ -3,6 +3,8 @@
 //! carries the worker's name as a constant label.
 
 use keyflow_schemas::metrics as n;
+
+use crate::task::Outcome;
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 /// The worker's metrics and their registry.
@@ -23,6 +25,7 @@ pub struct WorkerMetrics {
     pub restore_records: IntCounter,
     pub restore_bytes: IntCounter,
     pub restore_seconds: Histogram,
+    pub restoring: IntGauge,
     pub in_flight: IntGauge,
     pub ready: IntGauge,
     pub retries: IntCounterVec,
@@ -30,6 +33,14 @@ pub struct WorkerMetrics {
     pub pending: IntGauge,
     pub snapshots: IntCounter,
 }
+
+/// `kind` label of [`n::WORKER_REBALANCES`].
+pub const REBALANCE_ASSIGN: &str = "assign";
+pub const REBALANCE_REVOKE: &str = "revoke";
+/// `cause` label of [`n::WORKER_RETRIES`].
+pub const RETRY_REGISTRY: &str = "registry";
+pub const RETRY_BROKER: &str = "broker";
+pub const RETRY_RESTORE: &str = "restore";
 
 const LATENCY_BUCKETS: &[f64] =
     &[0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
@@ -56,7 +67,7 @@ impl WorkerMetrics {
                     .expect("valid metric"),
             )
         };
-        Self {
+        let m = Self {
             consumed: counter_vec(n::WORKER_CONSUMED, "Input records received.", &["topic"]),
             processed: counter_vec(n::WORKER_PROCESSED, "Inputs by outcome.", &["outcome"]),
             produced: counter_vec(n::WORKER_PRODUCED, "Records produced.", &["topic", "type"]),
@@ -78,6 +89,7 @@ impl WorkerMetrics {
             restore_records: counter(n::WORKER_RESTORE_RECORDS, "Changelog records read by restores."),
             restore_bytes: counter(n::WORKER_RESTORE_BYTES, "Changelog bytes read by restores."),
             restore_seconds: histogram(n::WORKER_RESTORE_SECONDS, "Duration of a task restore."),
+            restoring: gauge(n::WORKER_RESTORING, "Partitions being restored now."),
             in_flight: gauge(n::WORKER_IN_FLIGHT, "Inputs of the batch being processed."),
             ready: gauge(n::WORKER_READY, "1 once every assigned task is restored."),
             retries: counter_vec(n::WORKER_RETRIES, "Retries of transient failures.", &["cause"]),
@@ -85,7 +97,19 @@ impl WorkerMetrics {
             pending: gauge(n::WORKER_PENDING, "Inputs waiting for another input."),
             snapshots: counter(n::WORKER_SNAPSHOTS, "State snapshots written to the changelog."),
             registry,
+        };
+        // Every series of a known label value exists from the start (at zero),
+        // so rates and alerts over them work before the first occurrence.
+        for o in Outcome::LABELS {
+            m.processed.with_label_values(&[o]);
         }
+        for k in [REBALANCE_ASSIGN, REBALANCE_REVOKE] {
+            m.rebalances.with_label_values(&[k]);
+        }
+        for c in [RETRY_REGISTRY, RETRY_BROKER, RETRY_RESTORE] {
+            m.retries.with_label_values(&[c]);
+        }
+        m
     }
 }
 
@@ -100,8 +124,6 @@ mod tests {
         m.processed.with_label_values(&["ok"]).inc();
         m.produced.with_label_values(&["payments", "PaymentAuthorized"]).inc();
         m.lag.with_label_values(&["orders", "0"]).set(3);
-        m.rebalances.with_label_values(&["assign"]).inc();
-        m.retries.with_label_values(&["registry"]).inc();
         let names: Vec<String> = m.registry.gather().iter().map(|f| f.name().to_string()).collect();
         for want in [
             n::WORKER_CONSUMED,
@@ -118,6 +140,7 @@ mod tests {
             n::WORKER_RESTORE_RECORDS,
             n::WORKER_RESTORE_BYTES,
             n::WORKER_RESTORE_SECONDS,
+            n::WORKER_RESTORING,
             n::WORKER_IN_FLIGHT,
             n::WORKER_READY,
             n::WORKER_RETRIES,

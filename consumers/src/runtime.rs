@@ -40,7 +40,7 @@ use tokio::sync::watch;
 
 use crate::changelog::{self, Entry, OutboxRecord, SNAPSHOT_HEADER};
 use crate::keyed::KeyedRunner;
-use crate::metrics::WorkerMetrics;
+use crate::metrics::{self, WorkerMetrics};
 use crate::task::{process_batch, Input, KeyDelta, KeyState, Outcome, Worker};
 
 /// How partitions are spread over a group's instances.
@@ -114,8 +114,8 @@ impl RuntimeConfig {
 }
 
 /// A batch stops gathering inputs at this many payload bytes (whatever
-/// `--max-batch` says), so its commit record — the outbox, hex-encoded, plus
-/// the state changes — stays well below the clients' 4 MiB record cap.
+/// `--max-batch` says), so that the changelog parts of a batch (its outbox and
+/// state changes, see [`decision_records`]) stay few.
 const MAX_BATCH_INPUT_BYTES: usize = 1024 * 1024;
 
 /// A batch's commit record carries its state changes when it stays below this.
@@ -190,7 +190,7 @@ impl<W: Worker> Ctx<W> {
     fn assign(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList, incremental: bool) {
         self.ready.store(false, Ordering::Relaxed);
         self.metrics.ready.set(0);
-        self.metrics.rebalances.with_label_values(&["assign"]).inc();
+        self.metrics.rebalances.with_label_values(&[metrics::REBALANCE_ASSIGN]).inc();
         let mut per_topic: BTreeMap<String, BTreeSet<i32>> = BTreeMap::new();
         for e in tpl.elements() {
             per_topic.entry(e.topic().to_string()).or_default().insert(e.partition());
@@ -204,17 +204,16 @@ impl<W: Worker> Ctx<W> {
         let partitions: BTreeSet<i32> = per_topic.values().flatten().copied().collect();
         let mut with_offsets = TopicPartitionList::new();
         let mut tasks = lock(&self.tasks);
+        self.metrics.restoring.set(partitions.len() as i64);
         for p in partitions.iter().copied() {
             let started = Instant::now();
             let restored = match self.cfg.guarantee {
                 Guarantee::EffectivelyOnce => self.restore_with_retry(p),
-                Guarantee::AtLeastOnce => Ok((Task::empty(), RestoreStats { records: 0, bytes: 0, republished: 0 })),
+                Guarantee::AtLeastOnce => Ok((Task::empty(), RestoreStats { republished: 0 })),
             };
             match restored {
                 Ok((task, stats)) => {
                     self.metrics.restore_seconds.observe(started.elapsed().as_secs_f64());
-                    self.metrics.restore_records.inc_by(stats.records);
-                    self.metrics.restore_bytes.inc_by(stats.bytes);
                     self.metrics.republished.inc_by(stats.republished);
                     for t in &self.cfg.inputs {
                         let topic = self.cfg.names.get(t);
@@ -223,6 +222,7 @@ impl<W: Worker> Ctx<W> {
                         let _ = with_offsets.add_partition_offset(&topic, p, offset);
                     }
                     tasks.insert(p, task);
+                    self.metrics.restoring.dec();
                 }
                 Err(e) => {
                     // Without its state a task must not run: fail loudly, the
@@ -248,10 +248,10 @@ impl<W: Worker> Ctx<W> {
         let started = Instant::now();
         let mut delay = Duration::from_millis(500);
         loop {
-            match restore_task(&*self.worker, &self.cfg, p) {
+            match restore_task(&*self.worker, &self.cfg, p, &self.metrics) {
                 Ok(r) => return Ok(r),
                 Err(e) if started.elapsed() < RESTORE_PATIENCE => {
-                    self.metrics.retries.with_label_values(&["restore"]).inc();
+                    self.metrics.retries.with_label_values(&[metrics::RETRY_RESTORE]).inc();
                     tracing::warn!(partition = p, error = %format!("{e:#}"), retry_in = ?delay, "restore failed; retrying");
                     std::thread::sleep(delay);
                     delay = (delay * 2).min(Duration::from_secs(10));
@@ -262,7 +262,7 @@ impl<W: Worker> Ctx<W> {
     }
 
     fn revoke(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList, incremental: bool) {
-        self.metrics.rebalances.with_label_values(&["revoke"]).inc();
+        self.metrics.rebalances.with_label_values(&[metrics::REBALANCE_REVOKE]).inc();
         self.metrics.lag.reset();
         if let Err(e) = self.producer.flush(Duration::from_secs(30)) {
             tracing::warn!(error = %e, "flushing before releasing partitions failed; the next owner re-publishes what is unmarked");
@@ -313,10 +313,8 @@ impl<W: Worker> ConsumerContext for Ctx<W> {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, _: &Rebalance<'_>) {}
 }
 
-/// What a restore read and re-published.
+/// What a restore re-published (what it read is counted as it reads).
 struct RestoreStats {
-    records: u64,
-    bytes: u64,
     republished: u64,
 }
 
@@ -342,9 +340,17 @@ struct ChangelogReader<'a> {
     /// The snapshot pointer of the last record read.
     pointer: Option<i64>,
     error: Option<anyhow::Error>,
+    /// Restore progress metrics, counted record by record.
+    progress: Option<&'a WorkerMetrics>,
 }
 
 impl<'a> ChangelogReader<'a> {
+    /// Counts every record read into the restore progress metrics.
+    fn counting(mut self, metrics: &'a WorkerMetrics) -> Self {
+        self.progress = Some(metrics);
+        self
+    }
+
     fn open(
         consumer: &'a BaseConsumer,
         topic: &'a str,
@@ -370,6 +376,7 @@ impl<'a> ChangelogReader<'a> {
             in_leading_snapshot: from_snapshot,
             pointer: None,
             error: None,
+            progress: None,
         })
     }
 
@@ -409,6 +416,10 @@ impl Iterator for ChangelogReader<'_> {
                         Ok(entry) => {
                             self.records += 1;
                             self.bytes += v.len() as u64;
+                            if let Some(m) = self.progress {
+                                m.restore_records.inc();
+                                m.restore_bytes.inc_by(v.len() as u64);
+                            }
                             self.in_leading_snapshot &= matches!(entry, Entry::Snapshot { .. });
                             if self.in_leading_snapshot {
                                 self.snapshot_bytes += v.len() as u64;
@@ -430,7 +441,12 @@ impl Iterator for ChangelogReader<'_> {
 /// snapshot the last record points at, or from the beginning when there is
 /// none (or it cannot be used) — and re-publishes what was decided but not
 /// published.
-fn restore_task<W: Worker>(worker: &W, cfg: &RuntimeConfig, p: i32) -> anyhow::Result<(Task<W::State>, RestoreStats)> {
+fn restore_task<W: Worker>(
+    worker: &W,
+    cfg: &RuntimeConfig,
+    p: i32,
+    metrics: &WorkerMetrics,
+) -> anyhow::Result<(Task<W::State>, RestoreStats)> {
     let name = worker.name();
     let started = Instant::now();
     let topic = cfg.names.get(&state_topic(name));
@@ -445,7 +461,8 @@ fn restore_task<W: Worker>(worker: &W, cfg: &RuntimeConfig, p: i32) -> anyhow::R
     };
     let mut from_snapshot = pointer.filter(|o| (low..high).contains(o));
     let mut reader =
-        ChangelogReader::open(&consumer, &topic, p, from_snapshot.unwrap_or(low), high, from_snapshot.is_some())?;
+        ChangelogReader::open(&consumer, &topic, p, from_snapshot.unwrap_or(low), high, from_snapshot.is_some())?
+            .counting(metrics);
     let result = changelog::restore::<W::State>(reader.by_ref());
     let mut reader = reader.finish()?;
     let restored = match result {
@@ -454,7 +471,7 @@ fn restore_task<W: Worker>(worker: &W, cfg: &RuntimeConfig, p: i32) -> anyhow::R
             // A snapshot interleaved with another writer's records: read it all.
             tracing::warn!(worker = name, partition = p, error = %e, "snapshot unusable; restoring from the beginning");
             from_snapshot = None;
-            reader = ChangelogReader::open(&consumer, &topic, p, low, high, false)?;
+            reader = ChangelogReader::open(&consumer, &topic, p, low, high, false)?.counting(metrics);
             let result = changelog::restore(reader.by_ref());
             reader = reader.finish()?;
             result?
@@ -511,7 +528,7 @@ fn restore_task<W: Worker>(worker: &W, cfg: &RuntimeConfig, p: i32) -> anyhow::R
         snapshot_bytes: reader.snapshot_bytes,
         pending,
     };
-    Ok((task, RestoreStats { records: reader.records, bytes: reader.bytes, republished }))
+    Ok((task, RestoreStats { republished }))
 }
 
 /// Decodes a record into an [`Input`].
@@ -630,27 +647,27 @@ async fn enqueue(producer: &FutureProducer, o: &Outgoing<'_>) -> anyhow::Result<
     }
 }
 
-/// The offset of a delivered record, or why it was not delivered.
+/// The offset of a delivered record, or why `what` was not delivered.
 fn delivered(
     d: Option<Result<rdkafka::producer::future_producer::OwnedDeliveryResult, futures::channel::oneshot::Canceled>>,
-    topic: &str,
+    what: impl std::fmt::Display,
 ) -> anyhow::Result<i64> {
     match d {
         Some(Ok(Ok(delivery))) => Ok(delivery.offset),
-        Some(Ok(Err((e, _)))) => anyhow::bail!("producing to {topic} failed: {e}"),
-        Some(Err(_)) | None => anyhow::bail!("producing to {topic}: the producer dropped the record"),
+        Some(Ok(Err((e, _)))) => anyhow::bail!("producing {what} failed: {e}"),
+        Some(Err(_)) | None => anyhow::bail!("producing {what}: the producer dropped it"),
     }
 }
 
 /// Produces all records and waits until every one is acknowledged; returns their offsets.
 async fn send_all(producer: &FutureProducer, records: &[Outgoing<'_>]) -> anyhow::Result<Vec<i64>> {
-    let futures: Vec<_> = records.iter().map(|o| producer.send(o.record(), Duration::from_secs(300))).collect();
+    let mut in_flight = Vec::with_capacity(records.len());
+    for o in records {
+        in_flight.push(enqueue(producer, o).await?);
+    }
     let mut offsets = Vec::with_capacity(records.len());
-    for (f, o) in futures::future::join_all(futures).await.into_iter().zip(records) {
-        let delivery = f.map_err(|(e, _)| {
-            anyhow::anyhow!("producing a {}-byte record to {} failed: {e}", o.value.len(), o.topic)
-        })?;
-        offsets.push(delivery.offset);
+    for (d, o) in futures::future::join_all(in_flight).await.into_iter().zip(records) {
+        offsets.push(delivered(Some(d), format_args!("a {}-byte record to {}", o.value.len(), o.topic))?);
     }
     Ok(offsets)
 }
@@ -739,7 +756,7 @@ where
     loop {
         match op().await {
             Err(e) if e.is_transient() => {
-                metrics.retries.with_label_values(&["registry"]).inc();
+                metrics.retries.with_label_values(&[metrics::RETRY_REGISTRY]).inc();
                 tracing::warn!(error = %e, retry_in = ?delay, "registry unavailable while {what}; retrying");
                 backoff(delay, stop).await?;
                 delay = (delay * 2).min(Duration::from_secs(10));
@@ -797,6 +814,8 @@ impl<W: Worker> Runtime<W> {
                 }
             }
         }
+        // Poison never reaches the worker; it counts as a DLQ outcome all the same.
+        metrics.processed.with_label_values(&[Outcome::DLQ]).inc_by(outbox.len() as u64);
         let (mut states, batch_no) = {
             let mut t = lock(&self.tasks);
             let Some(task) = t.get_mut(&p) else { return Ok(()) };
@@ -831,8 +850,7 @@ impl<W: Worker> Runtime<W> {
             outbox.push(OutboxRecord { topic, key: o.event.key().to_string(), value, headers: hs });
             output_types.push(o.event.record_name());
         }
-        let now =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        let now = keyflow_schemas::process::now_ms();
         for ((at, outcome), took) in occurred.iter().zip(&result.outcomes).zip(&result.elapsed) {
             metrics.processed.with_label_values(&[outcome.label()]).inc();
             metrics.processing_seconds.observe(took.as_secs_f64());
@@ -947,11 +965,11 @@ impl<W: Worker> Runtime<W> {
             bytes += record.value.len() as u64;
             in_flight.push_back(enqueue(&self.producer, &record).await?);
             while in_flight.len() >= SNAPSHOT_PARTS_IN_FLIGHT {
-                offsets.push(delivered(in_flight.next().await, topic)?);
+                offsets.push(delivered(in_flight.next().await, format_args!("a snapshot part to {topic}"))?);
             }
         }
         while let Some(d) = in_flight.next().await {
-            offsets.push(delivered(Some(d), topic)?);
+            offsets.push(delivered(Some(d), format_args!("a snapshot part to {topic}"))?);
         }
         let at = offsets[0];
         let marker = Outgoing::changelog(topic, p, "__published", &Entry::Published { batch }, Some(at))?;
@@ -1056,7 +1074,7 @@ async fn consume<W: Worker>(
             Ok(Err(e)) => {
                 // Broker errors surface here (transport failures while a broker
                 // restarts): librdkafka reconnects by itself, so wait and poll on.
-                metrics.retries.with_label_values(&["broker"]).inc();
+                metrics.retries.with_label_values(&[metrics::RETRY_BROKER]).inc();
                 tracing::warn!(error = %e, "consumer error; retrying");
                 if backoff(Duration::from_millis(500), &mut stop).await.is_err() {
                     return Ok(());

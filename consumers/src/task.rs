@@ -218,6 +218,12 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// The label of an input sent to the DLQ (rejected by the worker, or
+    /// poison the runtime never handed to it).
+    pub const DLQ: &'static str = "dlq";
+    /// Every value [`Outcome::label`] gives.
+    pub const LABELS: [&'static str; 6] = ["ok", "duplicate", "copy_dropped", "stale", "ignored", Self::DLQ];
+
     /// Label for metrics.
     pub fn label(&self) -> &'static str {
         match self {
@@ -226,7 +232,7 @@ impl Outcome {
             Outcome::CopyDropped => "copy_dropped",
             Outcome::Stale => "stale",
             Outcome::Ignored(_) => "ignored",
-            Outcome::Rejected(_) => "dlq",
+            Outcome::Rejected(_) => Self::DLQ,
         }
     }
 }

@@ -14,7 +14,10 @@ use keyflow_schemas::Codec;
 use serde::Serialize;
 use tokio::process::Command;
 
+use anyhow::Context;
+
 use crate::pipeline::{free_port, get, metric_sum, Bins, Pipeline, WorkerTotals, WORKERS};
+use crate::prometheus::LocalPrometheus;
 use crate::stack::{Stack, StackOptions};
 use crate::verify::{self, Report};
 
@@ -54,6 +57,11 @@ pub struct DemoArgs {
     /// Also write the report as JSON to this file.
     #[arg(long)]
     pub summary_json: Option<PathBuf>,
+    /// Start a local Prometheus (the `prometheus` binary on PATH, or
+    /// PROMETHEUS_BIN) scraping every worker and producer of the demo with
+    /// the project's alert rules, and print its URL. With --keep it stays up.
+    #[arg(long)]
+    pub prometheus: bool,
 }
 
 /// One load generator's part of the report.
@@ -95,6 +103,38 @@ pub struct DemoReport {
     pub brokers: String,
     pub registry: String,
     pub data_dir: String,
+    /// What the local Prometheus saw (`--prometheus`).
+    pub prometheus: Option<PrometheusReport>,
+}
+
+/// The local Prometheus at the end of the run (`--prometheus`).
+#[derive(Debug, Clone, Serialize)]
+pub struct PrometheusReport {
+    pub url: String,
+    /// Worker instances Prometheus scraped successfully at the end.
+    pub workers_up: u64,
+    /// Alerts firing at the end (name and worker).
+    pub alerts_firing: Vec<String>,
+}
+
+impl PrometheusReport {
+    async fn read(p: &LocalPrometheus) -> anyhow::Result<PrometheusReport> {
+        let up = p.query(&format!("sum(up{{job=\"{}\"}})", crate::prometheus::WORKERS_JOB)).await?;
+        let alerts = p.api("alerts", &[]).await?;
+        let alerts_firing = alerts["alerts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|a| a["state"] == "firing")
+            .map(|a| {
+                let l = &a["labels"];
+                format!("{} {}", l["alertname"].as_str().unwrap_or("?"), l["worker"].as_str().unwrap_or(""))
+                    .trim()
+                    .to_string()
+            })
+            .collect();
+        Ok(PrometheusReport { url: p.url.clone(), workers_up: up.first().map_or(0, |(_, v)| *v as u64), alerts_firing })
+    }
 }
 
 impl DemoReport {
@@ -142,6 +182,15 @@ impl DemoReport {
             b = self.brokers,
             r = self.registry
         ));
+        if let Some(p) = &self.prometheus {
+            s.push_str(&format!(
+                "  {}/graph?g0.expr=sum+by+(worker)+(rate(keyflow_worker_processed_total[1m]))   # Prometheus (--keep leaves it up)\n\
+                 \x20   scraped {} worker instances; alerts firing at the end: {}\n",
+                p.url,
+                p.workers_up,
+                if p.alerts_firing.is_empty() { "none".to_string() } else { p.alerts_firing.join(", ") }
+            ));
+        }
         s.push_str(&format!("\ndemo: {}\n", if self.ok { "OK — every invariant held" } else { "FAILED" }));
         s
     }
@@ -221,9 +270,26 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<DemoReport> {
         partitions: args.partitions,
         install: !args.no_install,
     };
+    if args.prometheus {
+        crate::prometheus::locate().context("--prometheus")?;
+    }
     eprintln!("demo: starting the embedded broker and schema registry…");
     let stack = Stack::up(&opts).await?;
-    let result = run_on(args, &bins, &stack, &dir).await;
+    let prometheus = if args.prometheus {
+        match LocalPrometheus::start(&dir.join("prometheus"), Duration::from_secs(2)).await {
+            Ok(p) => {
+                eprintln!("demo: Prometheus {} scrapes the workers and producers (alert rules loaded)", p.url);
+                Some(p)
+            }
+            Err(e) => {
+                stack.down().await;
+                return Err(e.context("--prometheus"));
+            }
+        }
+    } else {
+        None
+    };
+    let result = run_on(args, &bins, &stack, &dir, prometheus.as_ref()).await;
     let keep = args.keep && result.as_ref().is_ok_and(|(r, _)| r.drained);
     let report = match result {
         Ok((report, mut pipeline)) => {
@@ -231,6 +297,9 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<DemoReport> {
                 eprintln!("\ndemo: --keep: the stack and workers keep running; Ctrl-C stops them");
                 for p in &pipeline.workers {
                     eprintln!("  {:<16} http://{}/metrics   log {}", p.instance, p.metrics, p.log.display());
+                }
+                if let Some(p) = &prometheus {
+                    eprintln!("  prometheus       {}", p.url);
                 }
                 keyflow_schemas::process::shutdown_signal().await;
             }
@@ -276,6 +345,7 @@ async fn run_on(
     bins: &Bins,
     stack: &Stack,
     dir: &std::path::Path,
+    prometheus: Option<&LocalPrometheus>,
 ) -> anyhow::Result<(DemoReport, Pipeline)> {
     let logs = dir.join("logs");
     let latency = format!("{}ms", args.gateway_latency.as_millis());
@@ -290,12 +360,19 @@ async fn run_on(
         logs.display()
     );
     pipeline.start(&WORKERS, args.instances as usize)?;
+    if let Some(p) = prometheus {
+        p.set_targets(crate::prometheus::WORKERS_JOB, &pipeline.workers.iter().map(|w| w.metrics).collect::<Vec<_>>())?;
+    }
     pipeline.wait_ready(Duration::from_secs(120)).await?;
     eprintln!("demo: every worker is ready; producing for {:?}…\n", args.duration);
     let started = Instant::now();
     let mut producers = vec![];
     for (cmd, rate) in [("orders", args.order_rate), ("properties", args.property_rate)] {
         producers.push((cmd, producer(bins, stack, cmd, rate, args, &logs).await?));
+    }
+    if let Some(p) = prometheus {
+        let targets: Vec<_> = producers.iter().map(|(_, (_, m, _))| *m).collect();
+        p.set_targets(crate::prometheus::PRODUCERS_JOB, &targets)?;
     }
     let mut live = Live::new();
     // Load phase: until both generators exit.
@@ -328,9 +405,7 @@ async fn run_on(
     let drain_started = Instant::now();
     let names = TopicNames::default();
     let drained = loop {
-        if pipeline.drained(&names).await.unwrap_or(false)
-            && pipeline.wait_drained(&names, Duration::from_secs(3)).await?
-        {
+        if pipeline.wait_drained(&names, Duration::from_secs(3)).await? {
             break true;
         }
         if drain_started.elapsed() > args.drain_timeout {
@@ -343,6 +418,10 @@ async fn run_on(
     let totals = pipeline.totals().await;
     live.show(if drained { "drained" } else { "drain timed out" }, started.elapsed(), &totals, &[]);
     let run_s = started.elapsed().as_secs_f64();
+    let prometheus = match prometheus {
+        Some(p) => Some(PrometheusReport::read(p).await.context("reading the local Prometheus")?),
+        None => None,
+    };
     // Stop the workers (unless --keep) before verifying, so nothing moves under the verifier.
     let exits = if args.keep { vec![] } else { pipeline.stop(Duration::from_secs(10)).await };
     eprintln!("\ndemo: verifying the invariants over every topic…");
@@ -396,6 +475,7 @@ async fn run_on(
         brokers: stack.kafka.brokers.clone(),
         registry: stack.registry.registry.clone(),
         data_dir: dir.display().to_string(),
+        prometheus,
     };
     Ok((demo, pipeline))
 }

@@ -10,7 +10,6 @@ use keyflow_schemas::Codec;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Headers;
 use rdkafka::{Message, Offset, TopicPartitionList};
-use serde_json::json;
 
 use crate::kafka::partition_count;
 use keyflow_schemas::kafka::reader_config;
@@ -27,7 +26,7 @@ pub struct RawRecord {
 }
 
 impl RawRecord {
-    fn from_message(m: &rdkafka::message::BorrowedMessage<'_>) -> Self {
+    pub fn from_message(m: &rdkafka::message::BorrowedMessage<'_>) -> Self {
         let headers = m
             .headers()
             .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec))).collect())
@@ -158,37 +157,17 @@ pub async fn read_raw(kafka: &KafkaArgs, topic: &str, limit: usize) -> anyhow::R
     Ok(out)
 }
 
-/// Reads like [`read_raw`] and decodes every value through the registry into
-/// JSON objects: topic, partition, offset, timestamp, key, headers, record,
-/// schema_id, value (or `error` when a value does not decode).
+/// Reads like [`read_raw`] and decodes every value through the registry
+/// (one JSON object per record, as `devstack tail` prints them).
 pub async fn peek(
     kafka: &KafkaArgs,
     codec: &Codec,
     topic: &str,
     limit: usize,
 ) -> anyhow::Result<Vec<serde_json::Value>> {
-    let raw = read_raw(kafka, topic, limit).await?;
-    let mut out = Vec::with_capacity(raw.len());
-    for r in raw {
-        let headers: Vec<serde_json::Value> = r
-            .headers
-            .iter()
-            .map(|(k, v)| json!({k: v.as_ref().map(|v| String::from_utf8_lossy(v).into_owned())}))
-            .collect();
-        let mut v = json!({
-            "topic": topic, "partition": r.partition, "offset": r.offset,
-            "timestamp": r.timestamp, "key": r.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned()),
-            "headers": headers,
-        });
-        match codec.decode_json(r.payload.as_deref()).await {
-            Ok(d) => {
-                v["record"] = json!(d.record);
-                v["schema_id"] = json!(d.schema_id);
-                v["value"] = d.json;
-            }
-            Err(e) => v["error"] = json!(e.to_string()),
-        }
-        out.push(v);
+    let mut out = Vec::new();
+    for r in read_raw(kafka, topic, limit).await? {
+        out.push(crate::tail::record_json(codec, topic, &r).await);
     }
     Ok(out)
 }

@@ -10,16 +10,20 @@
 //! - [`stack`]: `devstack up` / `devstack init`.
 //! - [`smoke`]: produce and read back one event of every type.
 //! - [`inspect`]: list topics and print decoded records.
+//! - [`tail`]: `devstack tail`, records as JSON lines from a position or time, filtered.
 //! - [`verify`]: DOMAIN.md's invariants checked over the topics of any cluster.
 //! - [`pipeline`]: worker and producer processes on one machine (kill -9, drain).
 //! - [`demo`]: `devstack demo`, the whole pipeline in one command.
+//! - [`prometheus`]: a local Prometheus server scraping them (`demo --prometheus`).
 
 pub mod broker;
 pub mod demo;
 pub mod inspect;
 pub mod kafka;
 pub mod pipeline;
+pub mod prometheus;
 pub mod registry;
 pub mod smoke;
 pub mod stack;
+pub mod tail;
 pub mod verify;

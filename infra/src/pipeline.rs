@@ -149,11 +149,12 @@ impl Pipeline {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&p.log)?;
         let mut cmd = Command::new(&self.bins.worker);
         cmd.arg(p.worker.name())
-            .args(["-b", &self.kafka.brokers, "--registry", &self.registry.registry])
-            .args(self.kafka.props.iter().flat_map(|(k, v)| ["-X".to_string(), format!("{k}={v}")]))
+            .args(self.kafka.to_flags())
+            .args(["--registry", &self.registry.registry])
             .args(["--instance-id", &p.instance, "--metrics-addr", &p.metrics.to_string()])
             .args(&self.worker_args)
             .env_remove("KAFKA_BROKERS")
+            .env_remove("KAFKA_CONFIG_FILE")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -288,29 +289,60 @@ impl Pipeline {
     }
 }
 
-fn group_caught_up(kafka: &KafkaArgs, group: &str, topics: &[String]) -> anyhow::Result<bool> {
+/// Where a consumer group stands on one input partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupPosition {
+    pub low: i64,
+    pub high: i64,
+    /// The group's committed offset; `None` before its first commit.
+    pub committed: Option<i64>,
+}
+
+impl GroupPosition {
+    /// Records the group has not committed past.
+    pub fn lag(&self) -> i64 {
+        self.high - self.committed.unwrap_or(self.low).max(self.low)
+    }
+}
+
+/// The watermarks and committed offset of `group` on every partition of `topics`.
+pub fn group_positions(kafka: &KafkaArgs, group: &str, topics: &[String]) -> anyhow::Result<Vec<GroupPosition>> {
     let consumer: BaseConsumer =
         client_config(kafka, &[("group.id", group), ("enable.auto.commit", "false")])?.create()?;
     let md = consumer.fetch_metadata(None, Duration::from_secs(10))?;
     let mut tpl = TopicPartitionList::new();
-    let mut high = BTreeMap::new();
+    let mut marks = BTreeMap::new();
     for t in md.topics().iter().filter(|t| topics.iter().any(|n| n == t.name())) {
         for p in t.partitions() {
-            let (lo, hi) = consumer.fetch_watermarks(t.name(), p.id(), Duration::from_secs(10))?;
-            if hi > lo {
-                tpl.add_partition(t.name(), p.id());
-                high.insert((t.name().to_string(), p.id()), hi);
-            }
+            marks.insert(
+                (t.name().to_string(), p.id()),
+                consumer.fetch_watermarks(t.name(), p.id(), Duration::from_secs(10))?,
+            );
+            tpl.add_partition(t.name(), p.id());
         }
     }
-    if high.is_empty() {
-        return Ok(true);
+    if marks.is_empty() {
+        return Ok(vec![]);
     }
     let committed = consumer.committed_offsets(tpl, Duration::from_secs(10))?;
-    Ok(committed.elements().iter().all(|e| match e.offset() {
-        Offset::Offset(o) => high.get(&(e.topic().to_string(), e.partition())).is_some_and(|h| o >= *h),
-        _ => false,
-    }))
+    Ok(committed
+        .elements()
+        .iter()
+        .filter_map(|e| {
+            let (low, high) = *marks.get(&(e.topic().to_string(), e.partition()))?;
+            let committed = match e.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            };
+            Some(GroupPosition { low, high, committed })
+        })
+        .collect())
+}
+
+fn group_caught_up(kafka: &KafkaArgs, group: &str, topics: &[String]) -> anyhow::Result<bool> {
+    Ok(group_positions(kafka, group, topics)?
+        .iter()
+        .all(|g| g.high <= g.low || g.committed.is_some_and(|c| c >= g.high)))
 }
 
 /// `GET http://addr/path` → (status, body); `None` when nothing answers.

@@ -95,7 +95,7 @@ impl Stack {
                     return Err(e);
                 }
             };
-        let kafka = KafkaArgs { brokers: broker.bootstrap.clone(), props: vec![] };
+        let kafka = KafkaArgs::new(broker.bootstrap.clone());
         let registry = RegistryArgs { registry: url, registry_auth: None };
         let report = match init(&kafka, &registry, Some(opts.partitions), None).await {
             Ok(r) => r,

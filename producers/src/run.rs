@@ -62,7 +62,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub summary_json: Option<PathBuf>,
     /// Serve Prometheus metrics on this address (/metrics, /health).
-    #[arg(long)]
+    #[arg(long, env = "PRODUCER_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
 }
 
@@ -94,10 +94,7 @@ impl RunArgs {
     }
 }
 
-/// Wall-clock milliseconds since the epoch.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
+pub use keyflow_schemas::process::now_ms;
 
 fn progress(stats: Arc<Stats>, target: Option<u64>, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<()> {
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());

@@ -96,6 +96,10 @@ impl Stats {
     pub fn on_sent(&self, topic: &str, record: &str, category: &str, duplicate: bool) {
         self.sent.fetch_add(1, Ordering::Relaxed);
         self.prom.sent.with_label_values(&[topic, record]).inc();
+        // Acked and failed series exist from the first send (at zero), so a
+        // rate() over them, and the alert on failures, sees them at once.
+        self.prom.acked.with_label_values(&[topic, record]);
+        self.prom.failed.with_label_values(&[topic, record]);
         bump(&self.by_type, record);
         bump(&self.by_category, category);
         let sec = self.started.elapsed().as_secs() as usize;

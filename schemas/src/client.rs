@@ -30,6 +30,41 @@ pub struct KafkaArgs {
     /// librdkafka setting `key=value`, repeatable (e.g. `-X security.protocol=SASL_SSL`).
     #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = parse_kv)]
     pub props: Vec<(String, String)>,
+
+    /// librdkafka settings file, one `key=value` per line, `#` comments (as
+    /// kcat's `-F`): where SASL/SSL credentials live in a deployment. `-X` wins.
+    #[arg(short = 'F', long = "config-file", env = "KAFKA_CONFIG_FILE", value_name = "PATH", value_parser = ConfigFile::read)]
+    pub config_file: Option<ConfigFile>,
+}
+
+/// A librdkafka properties file, read when the flags are parsed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigFile {
+    pub path: std::path::PathBuf,
+    pub props: Vec<(String, String)>,
+}
+
+impl ConfigFile {
+    /// Reads `path`; the error names the setting, the file and the line.
+    pub fn read(path: &str) -> Result<Self, String> {
+        let what = format!("--config-file (KAFKA_CONFIG_FILE) {path}");
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{what}: {e}"))?;
+        Self::parse(path, &text)
+    }
+
+    fn parse(path: &str, text: &str) -> Result<Self, String> {
+        let mut props = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let kv = parse_kv(line)
+                .map_err(|_| format!("--config-file (KAFKA_CONFIG_FILE) {path} line {}: expected key=value", i + 1))?;
+            props.push(kv);
+        }
+        Ok(ConfigFile { path: path.into(), props })
+    }
 }
 
 /// Schema registry flags.
@@ -59,6 +94,16 @@ fn secret(key: &str) -> bool {
 }
 
 impl KafkaArgs {
+    /// Brokers only, every other setting at its default.
+    pub fn new(brokers: impl Into<String>) -> Self {
+        KafkaArgs { brokers: brokers.into(), props: Vec::new(), config_file: None }
+    }
+
+    /// The librdkafka overrides in the order they apply: the config file's, then `-X`.
+    fn overrides(&self) -> impl Iterator<Item = &(String, String)> {
+        self.config_file.iter().flat_map(|f| f.props.iter()).chain(self.props.iter())
+    }
+
     /// Checks the settings this project cares about; the error names the setting.
     pub fn validate(&self) -> Result<(), String> {
         if self.brokers.trim().is_empty() {
@@ -71,7 +116,7 @@ impl KafkaArgs {
                 return Err(format!("--brokers (KAFKA_BROKERS): '{b}' is not host:port"));
             }
         }
-        for (k, v) in &self.props {
+        for (k, v) in self.overrides() {
             if k == "message.max.bytes" {
                 match v.parse::<usize>() {
                     Ok(n) if n <= MAX_MESSAGE_BYTES => {}
@@ -87,23 +132,33 @@ impl KafkaArgs {
         Ok(())
     }
 
-    /// librdkafka settings: project defaults, then `-X` overrides.
+    /// librdkafka settings: project defaults, then the config file's, then `-X`.
     pub fn settings(&self, defaults: &[(&str, &str)]) -> Vec<(String, String)> {
         let mut out: Vec<(String, String)> = vec![
             ("bootstrap.servers".into(), self.brokers.clone()),
             ("message.max.bytes".into(), (1024 * 1024).to_string()),
         ];
         out.extend(defaults.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        for (k, v) in &self.props {
+        for (k, v) in self.overrides() {
             out.retain(|(ok, _)| ok != k);
             out.push((k.clone(), v.clone()));
         }
         out
     }
 
-    /// The `-X` settings with secrets masked, for logs.
+    /// The flags that give another process the same settings.
+    pub fn to_flags(&self) -> Vec<String> {
+        let mut flags = vec!["-b".to_string(), self.brokers.clone()];
+        if let Some(f) = &self.config_file {
+            flags.extend(["-F".to_string(), f.path.display().to_string()]);
+        }
+        flags.extend(self.props.iter().flat_map(|(k, v)| ["-X".to_string(), format!("{k}={v}")]));
+        flags
+    }
+
+    /// The overrides (config file and `-X`) with secrets masked, for logs.
     pub fn redacted(&self) -> Vec<String> {
-        self.props.iter().map(|(k, v)| if secret(k) { format!("{k}=***") } else { format!("{k}={v}") }).collect()
+        self.overrides().map(|(k, v)| if secret(k) { format!("{k}=***") } else { format!("{k}={v}") }).collect()
     }
 }
 
@@ -132,9 +187,27 @@ mod tests {
 
     fn args(brokers: &str, props: &[(&str, &str)]) -> KafkaArgs {
         KafkaArgs {
-            brokers: brokers.into(),
             props: props.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            ..KafkaArgs::new(brokers)
         }
+    }
+
+    #[test]
+    fn config_file_applies_before_x_and_bad_lines_name_file_and_line() {
+        let text = "# SASL\nsecurity.protocol=SASL_SSL\n\nsasl.password = s3cret\nacks=1\n";
+        let mut a = args("h:1", &[("acks", "all")]);
+        a.config_file = Some(ConfigFile::parse("client.properties", text).unwrap());
+        let s = a.settings(&[("acks", "0")]);
+        assert!(s.contains(&("security.protocol".into(), "SASL_SSL".into())));
+        assert_eq!(s.iter().filter(|(k, _)| k == "acks").collect::<Vec<_>>(), vec![&("acks".into(), "all".into())]);
+        assert!(a.redacted().contains(&"sasl.password=***".to_string()));
+        assert_eq!(a.to_flags(), ["-b", "h:1", "-F", "client.properties", "-X", "acks=all"]);
+        let e = ConfigFile::parse("client.properties", "acks=1\noops\n").unwrap_err();
+        assert!(e.contains("KAFKA_CONFIG_FILE") && e.contains("client.properties line 2"), "{e}");
+        let e = ConfigFile::read("/nonexistent/client.properties").unwrap_err();
+        assert!(e.contains("--config-file") && e.contains("/nonexistent/client.properties"), "{e}");
+        a.config_file = Some(ConfigFile::parse("f", "message.max.bytes=99999999").unwrap());
+        assert!(a.validate().unwrap_err().contains("message.max.bytes"));
     }
 
     #[test]

@@ -39,10 +39,13 @@ pub const WORKER_ASSIGNED: &str = "keyflow_worker_assigned_partitions";
 pub const WORKER_LAG: &str = "keyflow_worker_consumer_lag";
 /// Worker: keys held in state.
 pub const WORKER_STATE_KEYS: &str = "keyflow_worker_state_keys";
-/// Worker: changelog records read by restores.
+/// Worker: changelog records read by restores (counted as they are read).
 pub const WORKER_RESTORE_RECORDS: &str = "keyflow_worker_restore_records_total";
 /// Worker: changelog bytes read by restores.
 pub const WORKER_RESTORE_BYTES: &str = "keyflow_worker_restore_bytes_total";
+/// Worker: partitions being restored now (restore progress: the records and
+/// bytes counters grow while this is above zero).
+pub const WORKER_RESTORING: &str = "keyflow_worker_restoring_partitions";
 /// Worker: duration of one task restore.
 pub const WORKER_RESTORE_SECONDS: &str = "keyflow_worker_restore_seconds";
 /// Worker: inputs of the batch being processed.

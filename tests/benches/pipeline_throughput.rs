@@ -20,13 +20,12 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use keyflow_e2e::bench::{bin, env};
-use keyflow_infra::pipeline::{Bins, Pipeline, WORKERS};
+use keyflow_infra::pipeline::{group_positions, Bins, GroupPosition, Pipeline, WORKERS};
 use keyflow_infra::stack::{Stack, StackOptions};
 use keyflow_infra::verify;
 use keyflow_schemas::rules::RuleArgs;
 use keyflow_schemas::topics::TopicNames;
 use keyflow_schemas::{Codec, RegistryConfig};
-use rdkafka::consumer::{BaseConsumer, Consumer};
 
 async fn stack(dir: &std::path::Path) -> Stack {
     let port = || keyflow_infra::pipeline::free_port().unwrap();
@@ -60,25 +59,15 @@ async fn load(stack: &Stack, rate: u64, secs: u64, seed: u64) {
 /// Per worker group: (input records at the brokers, records the group committed).
 fn positions(stack: &Stack) -> BTreeMap<&'static str, (i64, i64)> {
     let names = TopicNames::default();
-    let mut out = BTreeMap::new();
-    for w in WORKERS {
-        let c: BaseConsumer =
-            keyflow_schemas::kafka::client_config(&stack.kafka, &[("group.id", w.name())]).unwrap().create().unwrap();
-        let mut tpl = rdkafka::TopicPartitionList::new();
-        let mut high = 0;
-        for t in w.inputs() {
-            let t = names.get(t);
-            for p in 0..6 {
-                let (lo, hi) = c.fetch_watermarks(&t, p, Duration::from_secs(10)).unwrap();
-                high += hi - lo;
-                tpl.add_partition(&t, p);
-            }
-        }
-        let committed = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
-        let done: i64 = committed.elements().iter().map(|e| e.offset().to_raw().unwrap_or(0).max(0)).sum();
-        out.insert(w.name(), (high, done));
-    }
-    out
+    WORKERS
+        .iter()
+        .map(|w| {
+            let topics: Vec<String> = w.inputs().into_iter().map(|t| names.get(t)).collect();
+            let ps = group_positions(&stack.kafka, w.name(), &topics).unwrap();
+            let inputs = ps.iter().map(|g| g.high - g.low).sum::<i64>();
+            (w.name(), (inputs, inputs - ps.iter().map(GroupPosition::lag).sum::<i64>()))
+        })
+        .collect()
 }
 
 fn total_lag(p: &BTreeMap<&str, (i64, i64)>) -> i64 {

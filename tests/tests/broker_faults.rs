@@ -130,7 +130,7 @@ async fn request_errors_broker_restarts_and_leader_and_coordinator_moves_keep_ev
     let logs = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(step >= 9, "every fault was injected ({step})");
     assert!(logs.contains("partitions revoked"), "the third member's join rebalanced the group");
-    let kafka = KafkaArgs { brokers: brokers.clone(), props: vec![] };
+    let kafka = KafkaArgs::new(brokers.clone());
     let copies = verify_outputs(&kafka, &codec, &want).await;
     eprintln!("broker faults: {want_total} outputs, {copies} raw copies");
 }

@@ -124,7 +124,15 @@ async fn devstack_demo_ends_with_every_invariant_holding_no_copies_and_every_eve
     let dir = tempfile::tempdir().unwrap();
     let summary = dir.path().join("demo.json");
     let out = tokio::process::Command::new(bin("devstack"))
-        .args(["demo", "--duration", "15s", "--no-install", "--summary-json", summary.to_str().unwrap()])
+        .args([
+            "demo",
+            "--duration",
+            "15s",
+            "--no-install",
+            "--prometheus",
+            "--summary-json",
+            summary.to_str().unwrap(),
+        ])
         .args(["--data-dir", dir.path().join("demo").to_str().unwrap()])
         .output()
         .await
@@ -158,6 +166,10 @@ async fn devstack_demo_ends_with_every_invariant_holding_no_copies_and_every_eve
     ] {
         assert!(branches[b].as_u64().unwrap_or(0) > 0, "branch '{b}' not exercised: {branches}");
     }
+    // --prometheus: a local Prometheus scraped all 8 worker instances; a clean run fires no alert.
+    assert_eq!(report["prometheus"]["workers_up"], 8, "{}", report["prometheus"]);
+    assert_eq!(report["prometheus"]["alerts_firing"], serde_json::json!([]), "{}", report["prometheus"]);
+    assert!(stdout.contains(report["prometheus"]["url"].as_str().unwrap()), "the URL is printed");
     for w in report["workers"].as_array().unwrap() {
         assert_eq!(w["exit_codes"], serde_json::json!([0, 0]), "{w}");
         assert!(w["consumed"].as_u64().unwrap() > 0, "{w}");

@@ -248,13 +248,22 @@ async fn six_kinds_of_poison_land_in_the_dlq_with_headers_while_good_records_flo
     let (want, poison_in_stream) = expected(count, 3);
     let want_total: usize = want.values().map(Vec::len).sum::<usize>() + 1;
     let log = dir.path().join("worker.log");
-    let mut w = spawn_worker(&brokers, &registry, "a", &log);
+    let metrics = format!("127.0.0.1:{}", keyflow_e2e::free_port());
+    let mut w = spawn_worker_with(&brokers, &registry, "a", &log, &["--metrics-addr", &metrics]);
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut ids = HashSet::new();
     while Instant::now() < deadline && ids.len() < want_total {
         tokio::time::sleep(Duration::from_secs(1)).await;
         ids = outputs(&stack.kafka, &codec).await.0;
     }
+    // Every dead-lettered input counts as outcome `dlq`, poison the worker never saw included.
+    let text = reqwest::get(format!("http://{metrics}/metrics")).await.unwrap().text().await.unwrap();
+    let dlq_outcomes = keyflow_infra::pipeline::metric_sum(
+        &text,
+        keyflow_schemas::metrics::WORKER_PROCESSED,
+        Some(("outcome", "dlq")),
+    );
+    assert_eq!(dlq_outcomes as usize, poison.len() + poison_in_stream, "processed{{outcome=dlq}}");
     let _ = w.kill();
     let _ = w.wait();
     assert_eq!(ids.len(), want_total, "good records kept flowing");

@@ -71,7 +71,7 @@ struct Args {
     #[command(flatten)]
     rules: WorkerRules,
     /// Log format (logs go to stderr).
-    #[arg(long, value_enum, default_value = "text")]
+    #[arg(long, value_enum, env = "LOG_FORMAT", default_value = "text")]
     log_format: LogFormat,
 }
 

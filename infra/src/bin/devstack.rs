@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use keyflow_infra::stack::{self, Stack, StackOptions};
-use keyflow_infra::{demo, inspect, kafka, smoke, verify};
+use keyflow_infra::{demo, inspect, kafka, smoke, tail, verify};
 use keyflow_schemas::client::{KafkaArgs, RegistryArgs};
 use keyflow_schemas::logging::{self, LogFormat};
 use keyflow_schemas::rules::RuleArgs;
@@ -18,7 +18,7 @@ use keyflow_schemas::Codec;
 #[command(version, about = "The keyflow pipeline's dev stack and inspection tools")]
 struct Cli {
     /// Log format (logs go to stderr).
-    #[arg(long, global = true, value_enum, default_value = "text")]
+    #[arg(long, global = true, value_enum, env = "LOG_FORMAT", default_value = "text")]
     log_format: LogFormat,
     #[command(subcommand)]
     cmd: Cmd,
@@ -103,6 +103,18 @@ enum Cmd {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Print a topic's records as JSON lines (key, partition, offset,
+    /// timestamp, headers, decoded value), following new ones: from the end
+    /// (default), the beginning, an offset, the last N or a time; filtered by
+    /// key and event type. For kcat without Avro support.
+    Tail {
+        #[command(flatten)]
+        args: tail::TailArgs,
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        #[command(flatten)]
+        registry: RegistryArgs,
     },
     /// Print records of a topic from the beginning, decoded through the registry.
     Peek {
@@ -215,6 +227,20 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             if !report.ok {
                 std::process::exit(2);
             }
+        }
+        Cmd::Tail { args, kafka, registry } => {
+            let codec = Codec::new(&registry.config().map_err(anyhow::Error::msg)?)?;
+            let mut stdout = std::io::stdout().lock();
+            let summary = tail::tail(&kafka, &codec, &args, keyflow_schemas::process::shutdown_signal(), |v| {
+                use std::io::Write;
+                writeln!(stdout, "{v}")?;
+                Ok(stdout.flush()?)
+            })
+            .await?;
+            eprintln!(
+                "tail: {} record(s) printed of {} read from {} partition(s) of {}",
+                summary.printed, summary.read, summary.partitions, args.topic
+            );
         }
         Cmd::Peek { topic, kafka, registry, count, json } => {
             let codec = Codec::new(&registry.config().map_err(anyhow::Error::msg)?)?;

@@ -19,7 +19,7 @@ struct Args {
     #[arg(long, env = "SCHEMA_REGISTRY_DATA_DIR", default_value = "./registry-data")]
     data_dir: PathBuf,
     /// Log format.
-    #[arg(long, value_enum, default_value = "text")]
+    #[arg(long, value_enum, env = "LOG_FORMAT", default_value = "text")]
     log_format: LogFormat,
 }
 

@@ -13,7 +13,7 @@ use keyflow_schemas::logging::{self, LogFormat};
 #[command(version)]
 struct Cli {
     /// Log format (logs and progress go to stderr).
-    #[arg(long, global = true, value_enum, default_value = "text")]
+    #[arg(long, global = true, value_enum, env = "LOG_FORMAT", default_value = "text")]
     log_format: LogFormat,
     #[command(subcommand)]
     cmd: Cmd,
