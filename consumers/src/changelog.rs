@@ -13,7 +13,10 @@
 //!    outbox in [`Entry::Outbox`] parts, then a commit without them,
 //!
 //! //! waits for the acks, produces the outbox, waits for those acks, then
-//! appends [`Entry::Published`] for the batch. State and outbox entries count
+//! appends [`Entry::Published`] for the batch — possibly after the next
+//! batch's commit, since the runtime records batch N+1 while batch N's outbox
+//! is being acknowledged; a marker names its batch, so order does not matter.
+//! State and outbox entries count
 //! only once their commit follows them; anything after the last commit is a
 //! batch that was never decided and is dropped on restore. A commit without its
 //! `Published` marker is re-published on restore — byte-identical records
@@ -570,6 +573,19 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(r.unpublished, vec![(2, vec![out(2), out(3)])]);
+    }
+
+    #[test]
+    fn a_marker_after_the_next_commit_marks_only_its_own_batch() {
+        // Batch 2 is recorded while batch 1 is still being acknowledged.
+        let r = restore::<i64>([
+            commit(1, 10, vec![out(1)]),
+            commit(2, 20, vec![out(2)]),
+            Entry::Published { batch: 1 },
+            commit(3, 30, vec![out(3)]),
+        ])
+        .unwrap();
+        assert_eq!(r.unpublished, vec![(2, vec![out(2)]), (3, vec![out(3)])], "oldest first, in publish order");
     }
 
     fn snapshot(batch: u64, offset: i64, states: &[(&str, i64)], max_part_bytes: usize) -> Vec<Entry> {

@@ -4,8 +4,13 @@
 //! Guarantee: every input changes state and causes its outputs once, across
 //! crashes and rebalances, on any Kafka-API broker (no transactions): per
 //! batch the task *records* the decision (state, outbox, checkpoint) in its
-//! changelog partition and waits for the acks, then *publishes* the outbox,
-//! marks it published and commits group offsets (for lag monitoring only).
+//! changelog partition and waits for the acks, then *publishes* the outbox;
+//! once the outbox is acknowledged it marks it published and commits group
+//! offsets (for lag monitoring only). That acknowledgement is awaited while
+//! the next batch of the task is recorded (or when the task goes idle, before
+//! a snapshot, at shutdown, and on revoke after a flush), so recording batch
+//! N+1 overlaps publishing batch N; outputs of N are always handed to the
+//! producer before those of N+1, which keeps them in order.
 //! On assignment a task restores from the changelog (starting at its latest
 //! snapshot), re-publishes an unpublished outbox byte for byte (same
 //! `event_id`s) and resumes from its checkpoint, never from the group offset.
@@ -14,8 +19,8 @@
 //!
 //! Rebalances: the range assignor (eager) co-partitions joins; a worker with
 //! one input may use cooperative-sticky on real Kafka. Callbacks run inside
-//! `recv()`, between batches, so nothing is in flight when partitions are
-//! revoked.
+//! `recv()`, between batches, so no batch is being decided when partitions are
+//! revoked; the revoke flushes the producer and marks what it delivered.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -144,7 +149,24 @@ struct Task<S> {
     snapshot_bytes: u64,
     /// Sum of the worker's pending work over the keys.
     pending: i64,
+    /// The last batch, recorded and handed to the producer, whose outputs
+    /// are not acknowledged yet (effectively-once only).
+    unacked: Option<Unacked>,
 }
+
+/// A recorded batch whose outputs are being published. It is marked
+/// published once they are acknowledged: while the next batch is recorded,
+/// when the task goes idle, before a snapshot, or when the partition is
+/// released — so recording batch N+1 overlaps publishing batch N.
+struct Unacked {
+    batch: u64,
+    deliveries: Vec<rdkafka::producer::DeliveryFuture>,
+    /// Group offsets to commit once the outputs are acknowledged (lag only).
+    offsets: Vec<GroupOffset>,
+}
+
+/// One input partition's next offset, for the group commit.
+type GroupOffset = (String, i32, i64);
 
 impl<S> Task<S> {
     /// A task without history: it starts at the group's committed offsets.
@@ -157,6 +179,7 @@ impl<S> Task<S> {
             since_snapshot: 0,
             snapshot_bytes: 0,
             pending: 0,
+            unacked: None,
         }
     }
 }
@@ -268,13 +291,41 @@ impl<W: Worker> Ctx<W> {
             tracing::warn!(error = %e, "flushing before releasing partitions failed; the next owner re-publishes what is unmarked");
         }
         let mut tasks = lock(&self.tasks);
-        if incremental {
-            for e in tpl.elements() {
-                tasks.remove(&e.partition());
+        let released: Vec<i32> = if incremental {
+            tpl.elements().iter().map(|e| e.partition()).collect()
+        } else {
+            tasks.keys().copied().collect()
+        };
+        // Mark what the flush published, so the next owner re-publishes nothing.
+        let mut committable = vec![];
+        let mut marked = false;
+        let topic = self.cfg.names.get(&state_topic(self.worker.name()));
+        for p in &released {
+            let Some(task) = tasks.remove(p) else { continue };
+            let Some(u) = task.unacked else { continue };
+            // Never wait here: what the flush did not deliver stays unmarked.
+            let acked =
+                u.deliveries.into_iter().all(|d| matches!(futures::FutureExt::now_or_never(d), Some(Ok(Ok(_)))));
+            if !acked {
+                continue;
             }
+            match Outgoing::published(&topic, *p, u.batch, task.snapshot) {
+                Ok(m) if self.producer.send_result(m.record()).is_ok() => marked = true,
+                _ => tracing::warn!(
+                    partition = p,
+                    batch = u.batch,
+                    "published marker not queued; the next owner re-publishes"
+                ),
+            }
+            committable.extend(u.offsets);
+        }
+        if marked {
+            let _ = self.producer.flush(Duration::from_secs(10));
+        }
+        commit_offsets(consumer, &committable, CommitMode::Sync);
+        if incremental {
             let _ = consumer.incremental_unassign(tpl);
         } else {
-            tasks.clear();
             let _ = consumer.unassign();
         }
         self.publish_gauges(&tasks);
@@ -494,8 +545,7 @@ fn restore_task<W: Worker>(
                     )
                     .map_err(|(e, _)| e)?;
             }
-            let marker =
-                Outgoing::changelog(&topic, p, "__published", &Entry::Published { batch: *batch }, from_snapshot)?;
+            let marker = Outgoing::published(&topic, p, *batch, from_snapshot)?;
             producer
                 .send(
                     rdkafka::producer::BaseRecord::to(&topic)
@@ -527,6 +577,7 @@ fn restore_task<W: Worker>(
         since_snapshot: reader.bytes - reader.snapshot_bytes,
         snapshot_bytes: reader.snapshot_bytes,
         pending,
+        unacked: None,
     };
     Ok((task, RestoreStats { republished }))
 }
@@ -619,6 +670,11 @@ impl<'a> Outgoing<'a> {
             None => OwnedHeaders::new(),
         };
         Ok(Self { topic, partition: Some(p), key, value: serde_json::to_vec(entry)?, headers })
+    }
+
+    /// The marker saying batch `batch`'s outbox is published.
+    fn published(topic: &'a str, p: i32, batch: u64, snapshot: Option<i64>) -> anyhow::Result<Self> {
+        Self::changelog(topic, p, "__published", &Entry::Published { batch }, snapshot)
     }
 
     fn record(&self) -> FutureRecord<'_, str, Vec<u8>> {
@@ -781,21 +837,24 @@ struct Runtime<W: Worker> {
 
 impl<W: Worker> Runtime<W> {
     /// Decides, records and publishes one task's share of a batch (offset order
-    /// within each input partition).
+    /// within each input partition). Returns the group offsets that may be
+    /// committed now: those of batches whose outputs are acknowledged.
     async fn run_task(
         &self,
         p: i32,
         msgs: &[&BorrowedMessage<'_>],
         stop: &mut watch::Receiver<bool>,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Vec<GroupOffset>> {
         let (cfg, metrics, name) = (&self.cfg, &self.metrics, self.worker.name());
         let started = Instant::now();
         let mut inputs = Vec::with_capacity(msgs.len());
         let mut decoded = Vec::with_capacity(msgs.len());
         let mut outbox = Vec::new();
         let mut checkpoint = BTreeMap::new();
+        let mut offsets: BTreeMap<(&str, i32), i64> = BTreeMap::new();
         for m in msgs {
             checkpoint.insert(format!("{}/{}", m.topic(), m.partition()), m.offset() + 1);
+            offsets.insert((m.topic(), m.partition()), m.offset() + 1);
             let size = m.payload().map_or(0, <[u8]>::len);
             if size > cfg.max_record_bytes {
                 let why = format!("value of {size} bytes exceeds --max-record-bytes {}", cfg.max_record_bytes);
@@ -818,7 +877,7 @@ impl<W: Worker> Runtime<W> {
         metrics.processed.with_label_values(&[Outcome::DLQ]).inc_by(outbox.len() as u64);
         let (mut states, batch_no) = {
             let mut t = lock(&self.tasks);
-            let Some(task) = t.get_mut(&p) else { return Ok(()) };
+            let Some(task) = t.get_mut(&p) else { return Ok(vec![]) };
             task.next_batch += 1;
             (std::mem::take(&mut task.states), task.next_batch - 1)
         };
@@ -874,17 +933,36 @@ impl<W: Worker> Runtime<W> {
         let effectively_once = cfg.guarantee == Guarantee::EffectivelyOnce;
         let topic = self.state_topic.as_str();
         let encoded_at = Instant::now();
-        // 1. Record the decision (effectively-once only).
+        let offsets: Vec<GroupOffset> = offsets.into_iter().map(|((t, q), o)| (t.to_string(), q, o)).collect();
+        // 1. Record the decision (effectively-once only), while the previous
+        // batch's outputs are still being acknowledged; that batch is marked
+        // published once both are in.
         let mut written = 0;
+        let mut committable = vec![];
         if effectively_once {
             let log = decision_records(topic, p, batch_no, &checkpoint, &outbox, &result.changed, snapshot)?;
             written = log.iter().map(|o| o.value.len() as u64).sum();
-            send_all(&self.producer, &log).await?;
+            let previous = lock(&self.tasks).get_mut(&p).and_then(|t| t.unacked.take());
+            let (recorded, settled) = futures::join!(send_all(&self.producer, &log), self.settle(p, previous));
+            recorded?;
+            committable = settled?;
         }
         let recorded_at = Instant::now();
-        // 2. Publish it.
+        // 2. Publish it. Effectively-once hands the outputs to the producer
+        // and goes on: the next batch waits for their acknowledgement; the
+        // at-least-once baseline waits now and commits.
         let out: Vec<Outgoing<'_>> = outbox.iter().map(Outgoing::outbox).collect();
-        send_all(&self.producer, &out).await?;
+        let mut unacked = None;
+        if effectively_once {
+            let mut deliveries = Vec::with_capacity(out.len());
+            for o in &out {
+                deliveries.push(enqueue(&self.producer, o).await?);
+            }
+            unacked = Some(Unacked { batch: batch_no, deliveries, offsets });
+        } else {
+            send_all(&self.producer, &out).await?;
+            committable = offsets;
+        }
         tracing::debug!(
             partition = p,
             inputs = msgs.len(),
@@ -902,30 +980,59 @@ impl<W: Worker> Runtime<W> {
             metrics.produced.with_label_values(&[o.topic.as_str(), ty]).inc();
         }
         metrics.checkpoints.inc();
-        // 3. Mark it published, without waiting for the ack: a lost marker only
-        // makes a restore re-publish this outbox byte for byte (copies consumers
-        // drop), and the idempotent producer keeps it ahead of the next batch's
-        // changelog records. Saves one broker round trip per batch.
-        if effectively_once {
-            let marker = Outgoing::changelog(topic, p, "__published", &Entry::Published { batch: batch_no }, snapshot)?;
-            written += marker.value.len() as u64;
-            if let Err((e, _)) = self.producer.send_result(marker.record()) {
-                tracing::warn!(error = %e, batch = batch_no, "published marker not queued; a restore will re-publish");
-            }
-        }
         let due = {
             let mut t = lock(&self.tasks);
-            let Some(task) = t.get_mut(&p) else { return Ok(()) };
+            let Some(task) = t.get_mut(&p) else { return Ok(committable) };
             task.checkpoint.extend(checkpoint);
             task.since_snapshot += written;
             task.pending += result.pending_delta;
+            task.unacked = unacked;
             task.since_snapshot >= cfg.snapshot_interval_bytes.max(task.snapshot_bytes)
         };
         if due && effectively_once {
+            // A snapshot stands for published batches only.
+            let last = lock(&self.tasks).get_mut(&p).and_then(|t| t.unacked.take());
+            committable.extend(self.settle(p, last).await?);
             self.snapshot(p, batch_no, &states).await?;
         }
         self.put_back(p, states);
-        Ok(())
+        Ok(committable)
+    }
+
+    /// Waits until `unacked`'s outputs are acknowledged, then marks its batch
+    /// published without waiting for that ack: a lost marker only makes a
+    /// restore re-publish the outbox byte for byte (copies consumers drop).
+    /// Returns the batch's group offsets, now committable.
+    async fn settle(&self, p: i32, unacked: Option<Unacked>) -> anyhow::Result<Vec<GroupOffset>> {
+        let Some(u) = unacked else { return Ok(vec![]) };
+        for d in futures::future::join_all(u.deliveries).await {
+            delivered(Some(d), format_args!("an output of batch {} of partition {p}", u.batch))?;
+        }
+        let mut tasks = lock(&self.tasks);
+        let snapshot = tasks.get(&p).and_then(|t| t.snapshot);
+        let marker = Outgoing::published(&self.state_topic, p, u.batch, snapshot)?;
+        if let Some(t) = tasks.get_mut(&p) {
+            t.since_snapshot += marker.value.len() as u64;
+        }
+        if let Err((e, _)) = self.producer.send_result(marker.record()) {
+            tracing::warn!(error = %e, batch = u.batch, "published marker not queued; a restore will re-publish");
+        }
+        Ok(u.offsets)
+    }
+
+    /// Settles every task's unacknowledged batch except those of `busy`
+    /// (partitions whose next batch is running); returns the committable offsets.
+    async fn settle_others(&self, busy: &BTreeSet<i32>) -> anyhow::Result<Vec<GroupOffset>> {
+        let waiting: Vec<(i32, Unacked)> = lock(&self.tasks)
+            .iter_mut()
+            .filter(|(p, _)| !busy.contains(*p))
+            .filter_map(|(p, t)| t.unacked.take().map(|u| (*p, u)))
+            .collect();
+        let mut out = vec![];
+        for (p, u) in waiting {
+            out.extend(self.settle(p, Some(u)).await?);
+        }
+        Ok(out)
     }
 
     fn put_back(&self, p: i32, states: HashMap<String, KeyState<W::State>>) {
@@ -972,7 +1079,7 @@ impl<W: Worker> Runtime<W> {
             offsets.push(delivered(Some(d), format_args!("a snapshot part to {topic}"))?);
         }
         let at = offsets[0];
-        let marker = Outgoing::changelog(topic, p, "__published", &Entry::Published { batch }, Some(at))?;
+        let marker = Outgoing::published(topic, p, batch, Some(at))?;
         send_all(&self.producer, std::slice::from_ref(&marker)).await?;
         if let Some(t) = lock(&self.tasks).get_mut(&p) {
             t.snapshot = Some(at);
@@ -1046,10 +1153,26 @@ pub async fn run<W: Worker>(
         }
     }
     tracing::info!(worker = name, "draining and leaving the group");
+    let last = rt.settle_others(&BTreeSet::new()).await?;
+    commit_offsets(&consumer, &last, CommitMode::Sync);
     consumer.unsubscribe();
     let r: KafkaResult<()> = rt.producer.flush(Duration::from_secs(30));
     r?;
     Ok(())
+}
+
+/// Commits group offsets (lag monitoring only: a failure is logged, not fatal).
+fn commit_offsets<C: ConsumerContext>(consumer: &impl Consumer<C>, offsets: &[GroupOffset], mode: CommitMode) {
+    if offsets.is_empty() {
+        return;
+    }
+    let mut tpl = TopicPartitionList::new();
+    for (topic, p, o) in offsets {
+        let _ = tpl.add_partition_offset(topic, *p, Offset::Offset(*o));
+    }
+    if let Err(e) = consumer.commit(&tpl, mode) {
+        tracing::debug!(error = %e, "offset commit failed (lag only)");
+    }
 }
 
 /// The batch loop: gather, run each task's share, commit group offsets.
@@ -1069,7 +1192,11 @@ async fn consume<W: Worker>(
             m = tokio::time::timeout(Duration::from_millis(500), consumer.recv()) => m,
         };
         let first = match received {
-            Err(_idle) => continue,
+            Err(_idle) => {
+                // Nothing new: finish publishing what is in flight and commit it.
+                commit_offsets(consumer, &rt.settle_others(&BTreeSet::new()).await?, CommitMode::Async);
+                continue;
+            }
             Ok(Ok(m)) => m,
             Ok(Err(e)) => {
                 // Broker errors surface here (transport failures while a broker
@@ -1106,15 +1233,19 @@ async fn consume<W: Worker>(
         for m in &batch {
             by_task.entry(m.partition()).or_default().push(m);
         }
+        let busy: BTreeSet<i32> = by_task.keys().copied().collect();
+        let mut committable = vec![];
         for (p, msgs) in by_task {
-            if let Err(e) = rt.run_task(p, &msgs, &mut stop).await {
-                if e.is::<Stopping>() {
+            match rt.run_task(p, &msgs, &mut stop).await {
+                Ok(offsets) => committable.extend(offsets),
+                Err(e) if e.is::<Stopping>() => {
                     tracing::info!(partition = p, "shutdown during an outage: the batch is left to the next owner");
                     return Ok(());
                 }
-                return Err(e);
+                Err(e) => return Err(e),
             }
         }
+        committable.extend(rt.settle_others(&busy).await?);
         metrics.in_flight.set(0);
         metrics.batch_seconds.observe(batch_started.elapsed().as_secs_f64());
         {
@@ -1122,14 +1253,9 @@ async fn consume<W: Worker>(
             metrics.state_keys.set(tasks.values().map(|t| t.states.len() as i64).sum());
             metrics.pending.set(tasks.values().map(|t| t.pending).sum());
         }
-        // 4. Group offsets, for lag monitoring only (the checkpoint is the truth).
-        let mut tpl = TopicPartitionList::new();
-        for m in &batch {
-            let _ = tpl.add_partition_offset(m.topic(), m.partition(), Offset::Offset(m.offset() + 1));
-        }
-        if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
-            tracing::debug!(error = %e, "offset commit failed (lag only)");
-        }
+        // 4. Group offsets of published batches, for lag monitoring only (the
+        // checkpoint is the truth).
+        commit_offsets(consumer, &committable, CommitMode::Async);
         if *stop.borrow() {
             return Ok(());
         }

@@ -404,7 +404,9 @@ async fn a_rebalance_storm_keeps_every_invariant() {
     // as a byte copy (same event_id), which the worker drops: the oracle is the stream.
     let (want, _) = expected(sent, 3);
     let want_total: usize = want.values().map(Vec::len).sum();
-    let deadline = Instant::now() + Duration::from_secs(180);
+    // Beyond the rebalance timeout (max.poll.interval.ms, 300 s): a member
+    // that vanished mid-join holds the group's rebalance at most that long.
+    let deadline = Instant::now() + Duration::from_secs(360);
     let mut ids = HashSet::new();
     while ids.len() < want_total && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_secs(1)).await;
