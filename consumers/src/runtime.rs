@@ -309,6 +309,10 @@ impl<W: Worker> Ctx<W> {
             if !acked {
                 continue;
             }
+            committable.extend(u.offsets);
+            if self.cfg.guarantee == Guarantee::AtLeastOnce {
+                continue;
+            }
             match Outgoing::published(&topic, *p, u.batch, task.snapshot) {
                 Ok(m) if self.producer.send_result(m.record()).is_ok() => marked = true,
                 _ => tracing::warn!(
@@ -317,7 +321,6 @@ impl<W: Worker> Ctx<W> {
                     "published marker not queued; the next owner re-publishes"
                 ),
             }
-            committable.extend(u.offsets);
         }
         if marked {
             let _ = self.producer.flush(Duration::from_secs(10));
@@ -936,33 +939,28 @@ impl<W: Worker> Runtime<W> {
         let offsets: Vec<GroupOffset> = offsets.into_iter().map(|((t, q), o)| (t.to_string(), q, o)).collect();
         // 1. Record the decision (effectively-once only), while the previous
         // batch's outputs are still being acknowledged; that batch is marked
-        // published once both are in.
+        // published once both are in. (The at-least-once baseline only waits
+        // for the previous batch: the changelog is the one difference.)
         let mut written = 0;
-        let mut committable = vec![];
-        if effectively_once {
+        let previous = lock(&self.tasks).get_mut(&p).and_then(|t| t.unacked.take());
+        let mut committable = if effectively_once {
             let log = decision_records(topic, p, batch_no, &checkpoint, &outbox, &result.changed, snapshot)?;
             written = log.iter().map(|o| o.value.len() as u64).sum();
-            let previous = lock(&self.tasks).get_mut(&p).and_then(|t| t.unacked.take());
             let (recorded, settled) = futures::join!(send_all(&self.producer, &log), self.settle(p, previous));
             recorded?;
-            committable = settled?;
-        }
-        let recorded_at = Instant::now();
-        // 2. Publish it. Effectively-once hands the outputs to the producer
-        // and goes on: the next batch waits for their acknowledgement; the
-        // at-least-once baseline waits now and commits.
-        let out: Vec<Outgoing<'_>> = outbox.iter().map(Outgoing::outbox).collect();
-        let mut unacked = None;
-        if effectively_once {
-            let mut deliveries = Vec::with_capacity(out.len());
-            for o in &out {
-                deliveries.push(enqueue(&self.producer, o).await?);
-            }
-            unacked = Some(Unacked { batch: batch_no, deliveries, offsets });
+            settled?
         } else {
-            send_all(&self.producer, &out).await?;
-            committable = offsets;
+            self.settle(p, previous).await?
+        };
+        let recorded_at = Instant::now();
+        // 2. Publish it: hand the outputs to the producer and go on; the next
+        // batch (or idleness, a snapshot, shutdown, a revoke) waits for their
+        // acknowledgement.
+        let mut deliveries = Vec::with_capacity(outbox.len());
+        for o in &outbox {
+            deliveries.push(enqueue(&self.producer, &Outgoing::outbox(o)).await?);
         }
+        let unacked = Some(Unacked { batch: batch_no, deliveries, offsets });
         tracing::debug!(
             partition = p,
             inputs = msgs.len(),
@@ -1007,6 +1005,9 @@ impl<W: Worker> Runtime<W> {
         let Some(u) = unacked else { return Ok(vec![]) };
         for d in futures::future::join_all(u.deliveries).await {
             delivered(Some(d), format_args!("an output of batch {} of partition {p}", u.batch))?;
+        }
+        if self.cfg.guarantee == Guarantee::AtLeastOnce {
+            return Ok(u.offsets);
         }
         let mut tasks = lock(&self.tasks);
         let snapshot = tasks.get(&p).and_then(|t| t.snapshot);

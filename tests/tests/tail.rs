@@ -90,6 +90,9 @@ async fn tail_decodes_filters_and_starts_where_asked() {
     assert!(!since.is_empty() && since.len() < all.len());
     assert!(since.iter().all(|r| r["timestamp"].as_i64().unwrap() >= cut));
     assert_eq!(since.len(), stamps.iter().filter(|t| **t >= cut).count());
+    // A time after the newest record prints nothing (the broker answers such a time with offset 0).
+    let future = (stamps.last().unwrap() + 60_000).to_string();
+    assert!(tail(&b, &r, &["--since", &future, "-e"]).await.is_empty());
 
     // From the end (the default) it follows: records produced after the start appear.
     let follower = tokio::process::Command::new(bin("devstack"))
