@@ -218,9 +218,11 @@ impl<W: Worker> Ctx<W> {
         for e in tpl.elements() {
             per_topic.entry(e.topic().to_string()).or_default().insert(e.partition());
         }
-        // A join task needs partition p of every input: never process half a task.
+        // A join task needs partition p of every input: never process half a
+        // task. (No partitions at all is fine: more instances than partitions.)
         let sets: Vec<_> = per_topic.values().collect();
-        if !incremental && (per_topic.len() != self.cfg.inputs.len() || sets.windows(2).any(|w| w[0] != w[1])) {
+        let half = per_topic.len() != self.cfg.inputs.len() || sets.windows(2).any(|w| w[0] != w[1]);
+        if !incremental && !per_topic.is_empty() && half {
             tracing::error!(worker = self.worker.name(), assignment = ?per_topic, "assignment is not co-partitioned (use the range assignor); exiting");
             std::process::exit(70);
         }
@@ -228,6 +230,7 @@ impl<W: Worker> Ctx<W> {
         let mut with_offsets = TopicPartitionList::new();
         let mut tasks = lock(&self.tasks);
         self.metrics.restoring.set(partitions.len() as i64);
+        tracing::info!(worker = self.worker.name(), ?partitions, "partitions assigned; restoring their tasks");
         for p in partitions.iter().copied() {
             let started = Instant::now();
             let restored = match self.cfg.guarantee {
@@ -396,6 +399,8 @@ struct ChangelogReader<'a> {
     error: Option<anyhow::Error>,
     /// Restore progress metrics, counted record by record.
     progress: Option<&'a WorkerMetrics>,
+    /// When the read last advanced (a stalled read is logged).
+    advanced: Instant,
 }
 
 impl<'a> ChangelogReader<'a> {
@@ -431,6 +436,7 @@ impl<'a> ChangelogReader<'a> {
             pointer: None,
             error: None,
             progress: None,
+            advanced: Instant::now(),
         })
     }
 
@@ -460,6 +466,7 @@ impl Iterator for ChangelogReader<'_> {
                 // read) must not end the read before the range is complete.
                 Some(Ok(m)) if (self.next..self.to).contains(&m.offset()) => {
                     self.next = m.offset() + 1;
+                    self.advanced = Instant::now();
                     self.pointer = m.headers().and_then(|h| {
                         h.iter()
                             .find(|h| h.key == SNAPSHOT_HEADER)
@@ -483,7 +490,24 @@ impl Iterator for ChangelogReader<'_> {
                         Err(e) => self.error = Some(anyhow::anyhow!("{topic}[{p}] offset {}: {e}", m.offset())),
                     }
                 }
-                Some(Ok(_)) | None => {}
+                Some(Ok(_)) | None => {
+                    if self.advanced.elapsed() > Duration::from_secs(15) {
+                        let position = self
+                            .consumer
+                            .position()
+                            .ok()
+                            .and_then(|tpl| tpl.find_partition(topic, p).map(|e| format!("{:?}", e.offset())));
+                        tracing::warn!(
+                            topic,
+                            partition = p,
+                            next = self.next,
+                            to = self.to,
+                            ?position,
+                            "changelog read makes no progress"
+                        );
+                        self.advanced = Instant::now();
+                    }
+                }
                 Some(Err(e)) => self.error = Some(e.into()),
             }
         }

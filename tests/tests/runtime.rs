@@ -380,18 +380,31 @@ async fn a_rebalance_storm_keeps_every_invariant() {
         .unwrap();
     let log = dir.path().join("workers.log");
     let mut a = spawn_worker(&brokers, &registry, "a", &log);
-    let mut b: Option<std::process::Child> = None;
+    let mut b: Option<(std::process::Child, String)> = None;
     let mut toggles = 0;
     let storm = Instant::now();
     while storm.elapsed() < Duration::from_secs(60) {
         tokio::time::sleep(Duration::from_secs(6)).await;
         match b.take() {
-            Some(mut c) => {
-                // A dynamic member leaving: SIGTERM, it leaves the group at once.
+            Some((mut c, metrics)) => {
+                // A dynamic member leaving once it has joined: SIGTERM, it
+                // leaves the group at once. (On the embedded broker a member
+                // that leaves while its join is pending is not removed until
+                // its session times out, and chains of those stall the group:
+                // BROKER-NOTES.)
+                let joined = Instant::now() + Duration::from_secs(60);
+                while Instant::now() < joined
+                    && !reqwest::get(format!("http://{metrics}/ready")).await.is_ok_and(|r| r.status().is_success())
+                {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
                 let _ = std::process::Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
                 let _ = c.wait();
             }
-            None => b = Some(spawn_worker(&brokers, &registry, "", &log)),
+            None => {
+                let metrics = format!("127.0.0.1:{}", keyflow_e2e::free_port());
+                b = Some((spawn_worker_with(&brokers, &registry, "", &log, &["--metrics-addr", &metrics]), metrics));
+            }
         }
         toggles += 1;
     }
@@ -404,15 +417,13 @@ async fn a_rebalance_storm_keeps_every_invariant() {
     // as a byte copy (same event_id), which the worker drops: the oracle is the stream.
     let (want, _) = expected(sent, 3);
     let want_total: usize = want.values().map(Vec::len).sum();
-    // Beyond the rebalance timeout (max.poll.interval.ms, 300 s): a member
-    // that vanished mid-join holds the group's rebalance at most that long.
-    let deadline = Instant::now() + Duration::from_secs(360);
+    let deadline = Instant::now() + Duration::from_secs(180);
     let mut ids = HashSet::new();
     while ids.len() < want_total && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_secs(1)).await;
         ids = outputs(&stack.kafka, &codec).await.0;
     }
-    kill_all([Some(&mut a), b.as_mut()].into_iter().flatten());
+    kill_all([Some(&mut a), b.as_mut().map(|(c, _)| c)].into_iter().flatten());
     let logs = std::fs::read_to_string(&log).unwrap_or_default();
     assert_eq!(ids.len(), want_total, "worker logs:\n{}", log_tail(&log));
     assert!(toggles >= 9, "{toggles} joins/leaves");
@@ -517,5 +528,51 @@ async fn sigterm_while_waiting_out_a_registry_outage_exits_0_within_10_s_and_los
     let _ = w.wait();
     let copies = verify_outputs(&stack.kafka, &codec, &want).await;
     assert_eq!(copies, 0, "the abandoned batch was never recorded, so nothing is repeated");
+    stack.down().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_instance_beyond_the_partition_count_stays_up_ready_and_idle() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = stack_with_orders(dir.path(), 100).await;
+    let (brokers, registry) = (stack.kafka.brokers.clone(), stack.registry.registry.clone());
+    let log = dir.path().join("workers.log");
+    // Four instances, three partitions: the range assignor leaves one with none.
+    let mut workers: Vec<(std::process::Child, String)> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|id| {
+            let metrics = format!("127.0.0.1:{}", keyflow_e2e::free_port());
+            (spawn_worker_with(&brokers, &registry, id, &log, &["--metrics-addr", &metrics]), metrics)
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let assigned = loop {
+        let mut assigned = vec![];
+        for (_, metrics) in &workers {
+            if let Ok(r) = reqwest::get(format!("http://{metrics}/metrics")).await {
+                let text = r.text().await.unwrap_or_default();
+                assigned.push(keyflow_infra::pipeline::metric_sum(
+                    &text,
+                    keyflow_schemas::metrics::WORKER_ASSIGNED,
+                    None,
+                ) as i64);
+            }
+        }
+        let ready = futures::future::join_all(workers.iter().map(|(_, m)| reqwest::get(format!("http://{m}/ready"))))
+            .await
+            .iter()
+            .all(|r| r.as_ref().is_ok_and(|r| r.status().is_success()));
+        if (ready && assigned.len() == 4 && assigned.iter().sum::<i64>() == 3) || Instant::now() > deadline {
+            break assigned;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    for (w, _) in workers.iter_mut() {
+        assert!(w.try_wait().unwrap().is_none(), "an instance exited:\n{}", log_tail(&log));
+    }
+    kill_all(workers.iter_mut().map(|(w, _)| w));
+    let mut sorted = assigned.clone();
+    sorted.sort();
+    assert_eq!(sorted, vec![0, 1, 1, 1], "partitions per instance: {assigned:?}\n{}", log_tail(&log));
     stack.down().await;
 }
