@@ -382,22 +382,34 @@ async fn a_rebalance_storm_keeps_every_invariant() {
     let mut a = spawn_worker(&brokers, &registry, "a", &log);
     let mut b: Option<(std::process::Child, String)> = None;
     let mut toggles = 0;
+    // The supervisor's part: an instance that gave up on a rebalance the
+    // broker left unanswered (it exits after a minute without partitions) is
+    // started again, as compose's `restart: unless-stopped` would.
+    let mut restarts = 0;
+    let mut supervise = |a: &mut std::process::Child| {
+        if a.try_wait().unwrap().is_some() {
+            restarts += 1;
+            *a = spawn_worker(&brokers, &registry, "a", &log);
+        }
+    };
     let storm = Instant::now();
     while storm.elapsed() < Duration::from_secs(60) {
-        tokio::time::sleep(Duration::from_secs(6)).await;
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        supervise(&mut a);
         match b.take() {
             Some((mut c, metrics)) => {
-                // A dynamic member leaving once it has joined: SIGTERM, it
-                // leaves the group at once. (On the embedded broker a member
-                // that leaves while its join is pending is not removed until
-                // its session times out, and chains of those stall the group:
-                // BROKER-NOTES.)
+                // A dynamic member leaving a few seconds after it has joined:
+                // SIGTERM, it leaves the group at once. (On the embedded broker
+                // a member that leaves while a round is still settling is not
+                // removed until its session times out, and chains of those
+                // wedge the group: BROKER-NOTES.)
                 let joined = Instant::now() + Duration::from_secs(60);
                 while Instant::now() < joined
                     && !reqwest::get(format!("http://{metrics}/ready")).await.is_ok_and(|r| r.status().is_success())
                 {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
+                tokio::time::sleep(Duration::from_secs(3)).await;
                 let _ = std::process::Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
                 let _ = c.wait();
             }
@@ -421,12 +433,14 @@ async fn a_rebalance_storm_keeps_every_invariant() {
     let mut ids = HashSet::new();
     while ids.len() < want_total && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_secs(1)).await;
+        supervise(&mut a);
         ids = outputs(&stack.kafka, &codec).await.0;
     }
     kill_all([Some(&mut a), b.as_mut().map(|(c, _)| c)].into_iter().flatten());
+    eprintln!("instance a restarted {restarts} time(s) after giving up on a stuck rebalance");
     let logs = std::fs::read_to_string(&log).unwrap_or_default();
     assert_eq!(ids.len(), want_total, "worker logs:\n{}", log_tail(&log));
-    assert!(toggles >= 9, "{toggles} joins/leaves");
+    assert!(toggles >= 8, "{toggles} joins/leaves");
     assert!(!logs.contains("not co-partitioned"));
     let copies = verify_outputs(&stack.kafka, &codec, &want).await;
     eprintln!("storm: {toggles} joins/leaves, {want_total} outputs, {copies} raw copies");
