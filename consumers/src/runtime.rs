@@ -186,8 +186,8 @@ impl<S> Task<S> {
 
 type Tasks<S> = Arc<Mutex<HashMap<i32, Task<S>>>>;
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+fn lock<S>(tasks: &Tasks<S>) -> std::sync::MutexGuard<'_, HashMap<i32, Task<S>>> {
+    tasks.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Consumer context: restores tasks when partitions are assigned.
@@ -201,14 +201,7 @@ struct Ctx<W: Worker> {
     /// the next owner's restore sees every record this member queued (the
     /// published markers are not awaited).
     producer: FutureProducer,
-    /// When partitions were revoked and not yet assigned again.
-    revoked_at: Arc<Mutex<Option<Instant>>>,
 }
-
-/// A member whose partitions were revoked and that has had no assignment
-/// for this long gives up and exits, so its supervisor starts it afresh: the
-/// embedded broker can leave a member's join unanswered (BROKER-NOTES).
-const REJOIN_PATIENCE: Duration = Duration::from_secs(60);
 
 impl<W: Worker> Ctx<W> {
     fn publish_gauges(&self, tasks: &HashMap<i32, Task<W::State>>) {
@@ -218,7 +211,6 @@ impl<W: Worker> Ctx<W> {
     }
 
     fn assign(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList, incremental: bool) {
-        *lock(&self.revoked_at) = None;
         self.ready.store(false, Ordering::Relaxed);
         self.metrics.ready.set(0);
         self.metrics.rebalances.with_label_values(&[metrics::REBALANCE_ASSIGN]).inc();
@@ -343,7 +335,6 @@ impl<W: Worker> Ctx<W> {
             let _ = consumer.unassign();
         }
         self.publish_gauges(&tasks);
-        *lock(&self.revoked_at) = Some(Instant::now());
         tracing::info!(worker = self.worker.name(), revoked = tpl.count(), "partitions revoked");
     }
 }
@@ -1159,9 +1150,7 @@ pub async fn run<W: Worker>(
         metrics: metrics.clone(),
         ready,
         producer: producer.clone(),
-        revoked_at: Arc::new(Mutex::new(None)),
     };
-    let revoked_at = ctx.revoked_at.clone();
     let consumer: StreamConsumer<Ctx<W>> = client_config(&cfg.kafka, &settings)?.create_with_context(ctx)?;
     let inputs: Vec<String> = cfg.inputs.iter().map(|t| cfg.names.get(t)).collect();
     consumer.subscribe(&inputs.iter().map(String::as_str).collect::<Vec<_>>())?;
@@ -1178,7 +1167,7 @@ pub async fn run<W: Worker>(
     };
     tracing::info!(worker = name, ?inputs, "worker started");
     let (stop_tx, stop) = watch::channel(false);
-    let work = consume(&rt, &consumer, stop, &revoked_at);
+    let work = consume(&rt, &consumer, stop);
     tokio::pin!(work);
     tokio::pin!(shutdown);
     tokio::select! {
@@ -1218,17 +1207,9 @@ async fn consume<W: Worker>(
     rt: &Runtime<W>,
     consumer: &StreamConsumer<Ctx<W>>,
     mut stop: watch::Receiver<bool>,
-    revoked_at: &Mutex<Option<Instant>>,
 ) -> anyhow::Result<()> {
     let metrics = &rt.metrics;
     loop {
-        if let Some(at) = *lock(revoked_at) {
-            anyhow::ensure!(
-                at.elapsed() < REJOIN_PATIENCE,
-                "no partitions assigned for {:?} after a revoke: the group's rebalance is stuck; exiting so that a restart rejoins",
-                REJOIN_PATIENCE
-            );
-        }
         // Never wait on one recv() for long: each call polls the client, which
         // also serves rebalance events; a missed wake-up must not stall the group.
         let received = tokio::select! {
