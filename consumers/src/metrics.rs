@@ -32,6 +32,7 @@ pub struct WorkerMetrics {
     pub processing_seconds: Histogram,
     pub pending: IntGauge,
     pub snapshots: IntCounter,
+    pub transactions: IntCounterVec,
 }
 
 /// `kind` label of [`n::WORKER_REBALANCES`].
@@ -41,6 +42,9 @@ pub const REBALANCE_REVOKE: &str = "revoke";
 pub const RETRY_REGISTRY: &str = "registry";
 pub const RETRY_BROKER: &str = "broker";
 pub const RETRY_RESTORE: &str = "restore";
+/// `result` label of [`n::WORKER_TRANSACTIONS`].
+pub const TXN_COMMITTED: &str = "committed";
+pub const TXN_ABORTED: &str = "aborted";
 
 const LATENCY_BUCKETS: &[f64] =
     &[0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
@@ -96,6 +100,7 @@ impl WorkerMetrics {
             processing_seconds: histogram(n::WORKER_PROCESSING_SECONDS, "Time to decide one input."),
             pending: gauge(n::WORKER_PENDING, "Inputs waiting for another input."),
             snapshots: counter(n::WORKER_SNAPSHOTS, "State snapshots written to the changelog."),
+            transactions: counter_vec(n::WORKER_TRANSACTIONS, "Kafka transactions ended, by result.", &["result"]),
             registry,
         };
         // Every series of a known label value exists from the start (at zero),
@@ -108,6 +113,9 @@ impl WorkerMetrics {
         }
         for c in [RETRY_REGISTRY, RETRY_BROKER, RETRY_RESTORE] {
             m.retries.with_label_values(&[c]);
+        }
+        for r in [TXN_COMMITTED, TXN_ABORTED] {
+            m.transactions.with_label_values(&[r]);
         }
         m
     }
@@ -147,6 +155,7 @@ mod tests {
             n::WORKER_PROCESSING_SECONDS,
             n::WORKER_PENDING,
             n::WORKER_SNAPSHOTS,
+            n::WORKER_TRANSACTIONS,
         ] {
             assert!(names.iter().any(|n| n == want), "{want} missing");
         }

@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use futures::StreamExt;
 use keyflow_schemas::client::KafkaArgs;
 use keyflow_schemas::events::*;
@@ -37,9 +38,10 @@ use keyflow_schemas::{Codec, CodecError};
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, RebalanceProtocol, StreamConsumer,
 };
-use rdkafka::error::KafkaResult;
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use tokio::sync::watch;
 
@@ -72,11 +74,25 @@ impl Assignor {
 /// What the runtime promises about each input's effects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Guarantee {
-    /// Record the decision in the changelog, then publish it (the default).
+    /// Record the decision in the changelog, then publish it (the default; any
+    /// Kafka-API broker). A crash may leave byte-identical copies, which
+    /// consumers drop by `event_id`.
     EffectivelyOnce,
+    /// Kafka transactions: a batch's outputs, changelog records and input
+    /// offsets commit or abort together; readers see no copies. Needs a broker
+    /// with transactions (Apache Kafka; not the embedded broker).
+    ExactlyOnce,
     /// No changelog: publish, then commit group offsets. State lives in memory
     /// only and a crash replays inputs; the baseline the benchmarks compare against.
+    #[value(hide = true)]
     AtLeastOnce,
+}
+
+impl Guarantee {
+    /// Whether decisions are recorded in the changelog (state survives restarts).
+    fn records(self) -> bool {
+        self != Guarantee::AtLeastOnce
+    }
 }
 
 /// Runtime settings.
@@ -129,6 +145,11 @@ const MAX_COMMIT_BYTES: usize = 512 * 1024;
 /// State bytes per snapshot part (records stay well below the clients' 1 MiB
 /// `message.max.bytes`; a single larger key gets a part of its own).
 const SNAPSHOT_PART_BYTES: usize = 256 * 1024;
+
+/// How many of a transactional changelog's last offsets a restore reads to
+/// find the latest snapshot pointer (a batch writes a few records and one
+/// commit marker).
+const TXN_POINTER_TAIL: i64 = 16;
 
 /// How long a failing restore is retried before the worker gives up (exit 70).
 const RESTORE_PATIENCE: Duration = Duration::from_secs(120);
@@ -201,6 +222,8 @@ struct Ctx<W: Worker> {
     /// the next owner's restore sees every record this member queued (the
     /// published markers are not awaited).
     producer: FutureProducer,
+    /// The worker's changelog topic.
+    state_topic: String,
 }
 
 impl<W: Worker> Ctx<W> {
@@ -233,18 +256,15 @@ impl<W: Worker> Ctx<W> {
         tracing::info!(worker = self.worker.name(), ?partitions, "partitions assigned; restoring their tasks");
         for p in partitions.iter().copied() {
             let started = Instant::now();
-            let restored = match self.cfg.guarantee {
-                Guarantee::EffectivelyOnce => self.restore_with_retry(p),
-                Guarantee::AtLeastOnce => Ok((Task::empty(), RestoreStats { republished: 0 })),
+            let restored = match self.cfg.guarantee.records() {
+                true => restore_with_retry(&*self.worker, &self.cfg, p, &self.metrics),
+                false => Ok((Task::empty(), RestoreStats { republished: 0 })),
             };
             match restored {
                 Ok((task, stats)) => {
                     self.metrics.restore_seconds.observe(started.elapsed().as_secs_f64());
                     self.metrics.republished.inc_by(stats.republished);
-                    for t in &self.cfg.inputs {
-                        let topic = self.cfg.names.get(t);
-                        let offset =
-                            task.checkpoint.get(&format!("{topic}/{p}")).map_or(Offset::Stored, |o| Offset::Offset(*o));
+                    for (topic, offset) in resume_offsets(&self.cfg, p, &task) {
                         let _ = with_offsets.add_partition_offset(&topic, p, offset);
                     }
                     tasks.insert(p, task);
@@ -268,25 +288,6 @@ impl<W: Worker> Ctx<W> {
         }
     }
 
-    /// Restores partition `p`, retrying failures (a broker down, a leader
-    /// moving) with capped backoff for up to [`RESTORE_PATIENCE`].
-    fn restore_with_retry(&self, p: i32) -> anyhow::Result<(Task<W::State>, RestoreStats)> {
-        let started = Instant::now();
-        let mut delay = Duration::from_millis(500);
-        loop {
-            match restore_task(&*self.worker, &self.cfg, p, &self.metrics) {
-                Ok(r) => return Ok(r),
-                Err(e) if started.elapsed() < RESTORE_PATIENCE => {
-                    self.metrics.retries.with_label_values(&[metrics::RETRY_RESTORE]).inc();
-                    tracing::warn!(partition = p, error = %format!("{e:#}"), retry_in = ?delay, "restore failed; retrying");
-                    std::thread::sleep(delay);
-                    delay = (delay * 2).min(Duration::from_secs(10));
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
     fn revoke(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList, incremental: bool) {
         self.metrics.rebalances.with_label_values(&[metrics::REBALANCE_REVOKE]).inc();
         self.metrics.lag.reset();
@@ -302,7 +303,6 @@ impl<W: Worker> Ctx<W> {
         // Mark what the flush published, so the next owner re-publishes nothing.
         let mut committable = vec![];
         let mut marked = false;
-        let topic = self.cfg.names.get(&state_topic(self.worker.name()));
         for p in &released {
             let Some(task) = tasks.remove(p) else { continue };
             let Some(u) = task.unacked else { continue };
@@ -313,16 +313,8 @@ impl<W: Worker> Ctx<W> {
                 continue;
             }
             committable.extend(u.offsets);
-            if self.cfg.guarantee == Guarantee::AtLeastOnce {
-                continue;
-            }
-            match Outgoing::published(&topic, *p, u.batch, task.snapshot) {
-                Ok(m) if self.producer.send_result(m.record()).is_ok() => marked = true,
-                _ => tracing::warn!(
-                    partition = p,
-                    batch = u.batch,
-                    "published marker not queued; the next owner re-publishes"
-                ),
+            if self.cfg.guarantee.records() {
+                marked |= queue_published(&self.producer, &self.state_topic, *p, u.batch, task.snapshot).is_some();
             }
         }
         if marked {
@@ -375,6 +367,43 @@ struct RestoreStats {
     republished: u64,
 }
 
+/// Restores partition `p`, retrying failures (a broker down, a leader
+/// moving) with capped backoff for up to [`RESTORE_PATIENCE`].
+fn restore_with_retry<W: Worker>(
+    worker: &W,
+    cfg: &RuntimeConfig,
+    p: i32,
+    metrics: &WorkerMetrics,
+) -> anyhow::Result<(Task<W::State>, RestoreStats)> {
+    let started = Instant::now();
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match restore_task(worker, cfg, p, metrics) {
+            Ok(r) => return Ok(r),
+            Err(e) if started.elapsed() < RESTORE_PATIENCE => {
+                metrics.retries.with_label_values(&[metrics::RETRY_RESTORE]).inc();
+                tracing::warn!(partition = p, error = %format!("{e:#}"), retry_in = ?delay, "restore failed; retrying");
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Where task `p` resumes on each input: its checkpoint, or the group's
+/// committed offset for an input it has never recorded a batch of.
+fn resume_offsets<S>(cfg: &RuntimeConfig, p: i32, task: &Task<S>) -> Vec<(String, Offset)> {
+    cfg.inputs
+        .iter()
+        .map(|t| {
+            let topic = cfg.names.get(t);
+            let offset = task.checkpoint.get(&format!("{topic}/{p}")).map_or(Offset::Stored, |o| Offset::Offset(*o));
+            (topic, offset)
+        })
+        .collect()
+}
+
 /// Reads changelog records `[from, to)` of one partition one at a time, so a
 /// restore applies each record as it arrives and holds no more than one
 /// record's entry (a snapshot of a million keys is not read into memory
@@ -401,6 +430,10 @@ struct ChangelogReader<'a> {
     progress: Option<&'a WorkerMetrics>,
     /// When the read last advanced (a stalled read is logged).
     advanced: Instant,
+    /// The changelog is written in transactions: commit markers and aborted
+    /// records hold offsets that are never delivered, so the read also ends
+    /// once the consumer's position has passed the range.
+    transactional: bool,
 }
 
 impl<'a> ChangelogReader<'a> {
@@ -414,9 +447,9 @@ impl<'a> ChangelogReader<'a> {
         consumer: &'a BaseConsumer,
         topic: &'a str,
         p: i32,
-        from: i64,
-        to: i64,
+        (from, to): (i64, i64),
         from_snapshot: bool,
+        transactional: bool,
     ) -> anyhow::Result<Self> {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(topic, p, Offset::Offset(from))?;
@@ -437,7 +470,18 @@ impl<'a> ChangelogReader<'a> {
             error: None,
             progress: None,
             advanced: Instant::now(),
+            transactional,
         })
+    }
+
+    /// The consumer's position in the partition (past every record and
+    /// transaction marker it has passed).
+    fn read_position(&self) -> Option<i64> {
+        let tpl = self.consumer.position().ok()?;
+        match tpl.find_partition(self.topic, self.p)?.offset() {
+            Offset::Offset(o) => Some(o),
+            _ => None,
+        }
     }
 
     /// The read's error, if it ended on one.
@@ -491,12 +535,11 @@ impl Iterator for ChangelogReader<'_> {
                     }
                 }
                 Some(Ok(_)) | None => {
+                    if self.transactional && self.read_position().is_some_and(|o| o >= self.to) {
+                        break;
+                    }
                     if self.advanced.elapsed() > Duration::from_secs(15) {
-                        let position = self
-                            .consumer
-                            .position()
-                            .ok()
-                            .and_then(|tpl| tpl.find_partition(topic, p).map(|e| format!("{:?}", e.offset())));
+                        let position = self.read_position();
                         tracing::warn!(
                             topic,
                             partition = p,
@@ -529,18 +572,31 @@ fn restore_task<W: Worker>(
     let started = Instant::now();
     let topic = cfg.names.get(&state_topic(name));
     let consumer: BaseConsumer = keyflow_schemas::kafka::reader_config(&cfg.kafka, "keyflow-restore")?.create()?;
+    // read_committed (the reader's default): `high` is the last stable offset.
     let (low, high) = consumer.fetch_watermarks(&topic, p, Duration::from_secs(30))?;
+    // Every record points at the latest snapshot; the last one is read. In a
+    // transactional changelog the last offsets are commit markers (or aborted
+    // records): a few more are read, and without a pointer among them the
+    // restore reads from the beginning.
+    let txn = cfg.guarantee == Guarantee::ExactlyOnce;
+    let tail = if txn { TXN_POINTER_TAIL } else { 1 };
     let pointer = if high > low {
-        let mut last = ChangelogReader::open(&consumer, &topic, p, high - 1, high, false)?;
+        let mut last = ChangelogReader::open(&consumer, &topic, p, ((high - tail).max(low), high), false, txn)?;
         last.by_ref().for_each(drop);
         last.finish()?.pointer
     } else {
         None
     };
     let mut from_snapshot = pointer.filter(|o| (low..high).contains(o));
-    let mut reader =
-        ChangelogReader::open(&consumer, &topic, p, from_snapshot.unwrap_or(low), high, from_snapshot.is_some())?
-            .counting(metrics);
+    let mut reader = ChangelogReader::open(
+        &consumer,
+        &topic,
+        p,
+        (from_snapshot.unwrap_or(low), high),
+        from_snapshot.is_some(),
+        txn,
+    )?
+    .counting(metrics);
     let result = changelog::restore::<W::State>(reader.by_ref());
     let mut reader = reader.finish()?;
     let restored = match result {
@@ -549,7 +605,7 @@ fn restore_task<W: Worker>(
             // A snapshot interleaved with another writer's records: read it all.
             tracing::warn!(worker = name, partition = p, error = %e, "snapshot unusable; restoring from the beginning");
             from_snapshot = None;
-            reader = ChangelogReader::open(&consumer, &topic, p, low, high, false)?.counting(metrics);
+            reader = ChangelogReader::open(&consumer, &topic, p, (low, high), false, txn)?.counting(metrics);
             let result = changelog::restore(reader.by_ref());
             reader = reader.finish()?;
             result?
@@ -711,6 +767,25 @@ impl<'a> Outgoing<'a> {
             None => r,
         }
     }
+}
+
+/// Queues the marker saying batch `batch` of partition `p` is published,
+/// without waiting for its acknowledgement: a lost marker only makes a restore
+/// re-publish the outbox byte for byte (copies consumers drop). Returns the
+/// marker's size, or `None` (logged) when it could not be queued.
+fn queue_published(producer: &FutureProducer, topic: &str, p: i32, batch: u64, snapshot: Option<i64>) -> Option<u64> {
+    let queued = match Outgoing::published(topic, p, batch, snapshot) {
+        Ok(m) => match producer.send_result(m.record()) {
+            Ok(_) => Ok(m.value.len() as u64),
+            Err((e, _)) => Err(e.to_string()),
+        },
+        Err(e) => Err(e.to_string()),
+    };
+    queued
+        .inspect_err(|e| {
+            tracing::warn!(partition = p, batch, error = %e, "published marker not queued; a restore will re-publish")
+        })
+        .ok()
 }
 
 /// Snapshot parts sent before the oldest one must be acknowledged.
@@ -957,34 +1032,48 @@ impl<W: Worker> Runtime<W> {
             }
         }
         let snapshot = lock(&self.tasks).get(&p).and_then(|t| t.snapshot);
-        let effectively_once = cfg.guarantee == Guarantee::EffectivelyOnce;
         let topic = self.state_topic.as_str();
         let encoded_at = Instant::now();
         let offsets: Vec<GroupOffset> = offsets.into_iter().map(|((t, q), o)| (t.to_string(), q, o)).collect();
-        // 1. Record the decision (effectively-once only), while the previous
-        // batch's outputs are still being acknowledged; that batch is marked
-        // published once both are in. (The at-least-once baseline only waits
-        // for the previous batch: the changelog is the one difference.)
+        // 1. Record the decision, while the previous batch's outputs are still
+        // being acknowledged; that batch is marked published once both are in.
+        // (The at-least-once baseline only waits for the previous batch: the
+        // changelog is the one difference.) Inside a transaction the outputs
+        // commit with the record, so it carries no outbox and nothing waits.
         let mut written = 0;
         let previous = lock(&self.tasks).get_mut(&p).and_then(|t| t.unacked.take());
-        let mut committable = if effectively_once {
-            let log = decision_records(topic, p, batch_no, &checkpoint, &outbox, &result.changed, snapshot)?;
-            written = log.iter().map(|o| o.value.len() as u64).sum();
-            let (recorded, settled) = futures::join!(send_all(&self.producer, &log), self.settle(p, previous));
-            recorded?;
-            settled?
-        } else {
-            self.settle(p, previous).await?
+        let mut committable = match cfg.guarantee {
+            Guarantee::EffectivelyOnce => {
+                let log = decision_records(topic, p, batch_no, &checkpoint, &outbox, &result.changed, snapshot)?;
+                written = log.iter().map(|o| o.value.len() as u64).sum();
+                let (recorded, settled) = futures::join!(send_all(&self.producer, &log), self.settle(p, previous));
+                recorded?;
+                settled?
+            }
+            Guarantee::ExactlyOnce => {
+                let log = decision_records(topic, p, batch_no, &checkpoint, &[], &result.changed, snapshot)?;
+                for o in &log {
+                    written += o.value.len() as u64;
+                    enqueue(&self.producer, o).await?;
+                }
+                vec![]
+            }
+            Guarantee::AtLeastOnce => self.settle(p, previous).await?,
         };
         let recorded_at = Instant::now();
         // 2. Publish it: hand the outputs to the producer and go on; the next
         // batch (or idleness, a snapshot, shutdown, a revoke) waits for their
-        // acknowledgement.
+        // acknowledgement — or the transaction's commit does.
         let mut deliveries = Vec::with_capacity(outbox.len());
         for o in &outbox {
             deliveries.push(enqueue(&self.producer, &Outgoing::outbox(o)).await?);
         }
-        let unacked = Some(Unacked { batch: batch_no, deliveries, offsets });
+        let unacked = if cfg.guarantee == Guarantee::ExactlyOnce {
+            committable.extend(offsets);
+            None
+        } else {
+            Some(Unacked { batch: batch_no, deliveries, offsets })
+        };
         tracing::debug!(
             partition = p,
             inputs = msgs.len(),
@@ -1011,7 +1100,7 @@ impl<W: Worker> Runtime<W> {
             task.unacked = unacked;
             task.since_snapshot >= cfg.snapshot_interval_bytes.max(task.snapshot_bytes)
         };
-        if due && effectively_once {
+        if due && cfg.guarantee.records() {
             // A snapshot stands for published batches only.
             let last = lock(&self.tasks).get_mut(&p).and_then(|t| t.unacked.take());
             committable.extend(self.settle(p, last).await?);
@@ -1030,17 +1119,14 @@ impl<W: Worker> Runtime<W> {
         for d in futures::future::join_all(u.deliveries).await {
             delivered(Some(d), format_args!("an output of batch {} of partition {p}", u.batch))?;
         }
-        if self.cfg.guarantee == Guarantee::AtLeastOnce {
+        if !self.cfg.guarantee.records() {
             return Ok(u.offsets);
         }
         let mut tasks = lock(&self.tasks);
         let snapshot = tasks.get(&p).and_then(|t| t.snapshot);
-        let marker = Outgoing::published(&self.state_topic, p, u.batch, snapshot)?;
-        if let Some(t) = tasks.get_mut(&p) {
-            t.since_snapshot += marker.value.len() as u64;
-        }
-        if let Err((e, _)) = self.producer.send_result(marker.record()) {
-            tracing::warn!(error = %e, batch = u.batch, "published marker not queued; a restore will re-publish");
+        let written = queue_published(&self.producer, &self.state_topic, p, u.batch, snapshot);
+        if let (Some(t), Some(n)) = (tasks.get_mut(&p), written) {
+            t.since_snapshot += n;
         }
         Ok(u.offsets)
     }
@@ -1058,6 +1144,78 @@ impl<W: Worker> Runtime<W> {
             out.extend(self.settle(p, Some(u)).await?);
         }
         Ok(out)
+    }
+
+    /// Commits the batch's open transaction with its input offsets. Returns
+    /// the failure when the transaction must be aborted instead; an error
+    /// when it failed for good (a newer instance fenced this producer).
+    fn commit_transaction(
+        &self,
+        consumer: &StreamConsumer<Ctx<W>>,
+        offsets: &[GroupOffset],
+    ) -> anyhow::Result<Option<anyhow::Error>> {
+        let group = consumer.group_metadata().context("the consumer has no group metadata to commit with")?;
+        let committed = tokio::task::block_in_place(|| {
+            if !offsets.is_empty() {
+                let tpl = offsets_list(offsets);
+                retry_retriable(|| self.producer.send_offsets_to_transaction(&tpl, &group, TXN_CALL_TIMEOUT))?;
+            }
+            retry_retriable(|| self.producer.commit_transaction(TXN_CALL_TIMEOUT))
+        });
+        match committed {
+            Ok(()) => {
+                self.metrics.transactions.with_label_values(&[metrics::TXN_COMMITTED]).inc();
+                Ok(None)
+            }
+            Err(KafkaError::Transaction(e)) if e.txn_requires_abort() => {
+                Ok(Some(anyhow::Error::new(KafkaError::Transaction(e)).context("committing a transaction")))
+            }
+            Err(KafkaError::Transaction(e)) if e.code() == RDKafkaErrorCode::UnsupportedFeature => {
+                Err(anyhow::anyhow!(
+                    "--guarantee exactly-once: the broker does not support Kafka transactions ({e}); \
+                     use --guarantee effectively-once"
+                ))
+            }
+            Err(e) => Err(anyhow::Error::new(e).context(
+                "committing a transaction failed for good (a newer instance with the same transactional.id \
+                 fenced this one, or the broker has no transactions)",
+            )),
+        }
+    }
+
+    /// Aborts the batch's open transaction and rolls its tasks (`parts`) back
+    /// to their last committed batch: state restored from the changelog
+    /// (read_committed), inputs rewound to its checkpoint, so the batch is
+    /// decided again from scratch.
+    fn abort_transaction(
+        &self,
+        consumer: &StreamConsumer<Ctx<W>>,
+        parts: &BTreeSet<i32>,
+        why: &anyhow::Error,
+    ) -> anyhow::Result<()> {
+        tracing::warn!(error = %format!("{why:#}"), partitions = ?parts, "transaction failed; aborting it and rolling its tasks back");
+        tokio::task::block_in_place(|| {
+            self.producer.abort_transaction(TXN_CALL_TIMEOUT).context("aborting a failed transaction")?;
+            self.metrics.transactions.with_label_values(&[metrics::TXN_ABORTED]).inc();
+            for &p in parts {
+                if !lock(&self.tasks).contains_key(&p) {
+                    continue;
+                }
+                let (task, _) = restore_with_retry(&*self.worker, &self.cfg, p, &self.metrics)?;
+                for (topic, offset) in resume_offsets(&self.cfg, p, &task) {
+                    let offset = match offset {
+                        Offset::Stored => committed_offset(consumer, &topic, p)?,
+                        o => o,
+                    };
+                    consumer
+                        .seek(&topic, p, offset, Duration::from_secs(10))
+                        .with_context(|| format!("rewinding {topic}[{p}] to {offset:?} after an abort"))?;
+                }
+                lock(&self.tasks).insert(p, task);
+            }
+            tracing::info!(partitions = ?parts, "rolled back to the last committed batch");
+            Ok(())
+        })
     }
 
     fn put_back(&self, p: i32, states: HashMap<String, KeyState<W::State>>) {
@@ -1142,7 +1300,25 @@ pub async fn run<W: Worker>(
     if let Some(id) = &cfg.instance_id {
         settings.push(("group.instance.id", id));
     }
-    let producer: FutureProducer = client_config(&cfg.kafka, PRODUCER_DEFAULTS)?.create()?;
+    let mut producer_settings = PRODUCER_DEFAULTS.to_vec();
+    let txn_id = transactional_id(name, cfg.instance_id.as_deref());
+    if cfg.guarantee == Guarantee::ExactlyOnce {
+        settings.push(("isolation.level", "read_committed"));
+        producer_settings
+            .extend([("transactional.id", txn_id.as_str()), ("transaction.timeout.ms", TRANSACTION_TIMEOUT_MS)]);
+    }
+    let producer: FutureProducer = client_config(&cfg.kafka, &producer_settings)?.create()?;
+    if cfg.guarantee == Guarantee::ExactlyOnce {
+        let p = producer.clone();
+        tokio::task::spawn_blocking(move || p.init_transactions(TXN_CALL_TIMEOUT)).await?.with_context(|| {
+            format!(
+                "--guarantee exactly-once: initializing transactions (transactional.id {txn_id}) failed; \
+                 it needs a broker with Kafka transactions (the embedded broker has none: use effectively-once)"
+            )
+        })?;
+        tracing::info!(worker = name, transactional_id = %txn_id, "transactions initialized");
+    }
+    let state_topic = cfg.names.get(&state_topic(name));
     let ctx = Ctx {
         worker: worker.clone(),
         cfg: cfg.clone(),
@@ -1150,6 +1326,7 @@ pub async fn run<W: Worker>(
         metrics: metrics.clone(),
         ready,
         producer: producer.clone(),
+        state_topic: state_topic.clone(),
     };
     let consumer: StreamConsumer<Ctx<W>> = client_config(&cfg.kafka, &settings)?.create_with_context(ctx)?;
     let inputs: Vec<String> = cfg.inputs.iter().map(|t| cfg.names.get(t)).collect();
@@ -1157,7 +1334,7 @@ pub async fn run<W: Worker>(
     let rt = Runtime {
         producer,
         runner: KeyedRunner::new(cfg.max_in_flight),
-        state_topic: cfg.names.get(&state_topic(name)),
+        state_topic,
         dlq_topic: cfg.names.get(&dlq_topic(name)),
         worker,
         codec,
@@ -1186,15 +1363,78 @@ pub async fn run<W: Worker>(
     Ok(())
 }
 
+/// Transactions that may fail in a row (each aborted, its batch decided
+/// again) before the worker gives up on the error.
+const MAX_ABORTS_IN_A_ROW: u32 = 5;
+
+/// How long one transactional call (send offsets, commit, abort) may take.
+const TXN_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `transaction.timeout.ms`: how long the broker keeps a crashed instance's
+/// open transaction before aborting it (read_committed readers of its
+/// partitions wait that long; a restart with the same `--instance-id` aborts
+/// it at once).
+const TRANSACTION_TIMEOUT_MS: &str = "10000";
+
+/// The producer's `transactional.id`: stable per static member, so that a
+/// restarted instance fences its predecessor and aborts its open transaction
+/// at once; unique per process otherwise (the group generation then fences
+/// zombies, KIP-447).
+fn transactional_id(worker: &str, instance_id: Option<&str>) -> String {
+    match instance_id {
+        Some(id) => format!("keyflow-{worker}-{id}"),
+        None => {
+            let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            format!("keyflow-{worker}-{}-{:x}", std::process::id(), started.as_millis())
+        }
+    }
+}
+
+/// Retries a transactional call while librdkafka says its error is retriable
+/// (a coordinator moving, a timeout), a few times with growing pauses.
+fn retry_retriable(mut op: impl FnMut() -> KafkaResult<()>) -> KafkaResult<()> {
+    let mut attempt = 0;
+    loop {
+        match op() {
+            Err(KafkaError::Transaction(e))
+                if e.is_retriable() && e.code() != RDKafkaErrorCode::UnsupportedFeature && attempt < 5 =>
+            {
+                attempt += 1;
+                tracing::warn!(error = %e, attempt, "transactional call failed; retrying");
+                std::thread::sleep(Duration::from_millis(200 * attempt));
+            }
+            r => return r,
+        }
+    }
+}
+
+/// The group's committed offset of one input partition, or its beginning
+/// when there is none (`auto.offset.reset=earliest`).
+fn committed_offset<C: ConsumerContext>(consumer: &impl Consumer<C>, topic: &str, p: i32) -> anyhow::Result<Offset> {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, p);
+    let committed = consumer.committed_offsets(tpl, Duration::from_secs(10))?;
+    Ok(match committed.find_partition(topic, p).map(|e| e.offset()) {
+        Some(Offset::Offset(o)) => Offset::Offset(o),
+        _ => Offset::Beginning,
+    })
+}
+
+/// A partition list of group offsets.
+fn offsets_list(offsets: &[GroupOffset]) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    for (topic, p, o) in offsets {
+        let _ = tpl.add_partition_offset(topic, *p, Offset::Offset(*o));
+    }
+    tpl
+}
+
 /// Commits group offsets (lag monitoring only: a failure is logged, not fatal).
 fn commit_offsets<C: ConsumerContext>(consumer: &impl Consumer<C>, offsets: &[GroupOffset], mode: CommitMode) {
     if offsets.is_empty() {
         return;
     }
-    let mut tpl = TopicPartitionList::new();
-    for (topic, p, o) in offsets {
-        let _ = tpl.add_partition_offset(topic, *p, Offset::Offset(*o));
-    }
+    let tpl = offsets_list(offsets);
     if let Err(e) = consumer.commit(&tpl, mode) {
         tracing::debug!(error = %e, "offset commit failed (lag only)");
     }
@@ -1209,6 +1449,7 @@ async fn consume<W: Worker>(
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let metrics = &rt.metrics;
+    let mut aborts_in_a_row = 0;
     loop {
         // Never wait on one recv() for long: each call polls the client, which
         // also serves rebalance events; a missed wake-up must not stall the group.
@@ -1260,14 +1501,51 @@ async fn consume<W: Worker>(
         }
         let busy: BTreeSet<i32> = by_task.keys().copied().collect();
         let mut committable = vec![];
+        let txn = rt.cfg.guarantee == Guarantee::ExactlyOnce;
+        if txn {
+            rt.producer.begin_transaction().context("beginning a transaction")?;
+        }
+        let mut failed = None;
         for (p, msgs) in by_task {
             match rt.run_task(p, &msgs, &mut stop).await {
                 Ok(offsets) => committable.extend(offsets),
                 Err(e) if e.is::<Stopping>() => {
                     tracing::info!(partition = p, "shutdown during an outage: the batch is left to the next owner");
+                    if txn {
+                        tokio::task::block_in_place(|| rt.producer.abort_transaction(TXN_CALL_TIMEOUT))
+                            .context("aborting the transaction of an abandoned batch")?;
+                        metrics.transactions.with_label_values(&[metrics::TXN_ABORTED]).inc();
+                    }
                     return Ok(());
                 }
+                // Never commit half a batch: the transaction is aborted below.
+                Err(e) if txn => {
+                    failed = Some(e);
+                    break;
+                }
                 Err(e) => return Err(e),
+            }
+        }
+        if txn {
+            // 3. Inputs, changelog and outputs commit together, or the batch
+            // is undone and decided again.
+            let aborted = match failed {
+                Some(e) => Some(e),
+                None => rt.commit_transaction(consumer, &std::mem::take(&mut committable))?,
+            };
+            match aborted {
+                None => aborts_in_a_row = 0,
+                Some(why) if aborts_in_a_row >= MAX_ABORTS_IN_A_ROW => {
+                    return Err(why.context(format!("{MAX_ABORTS_IN_A_ROW} transactions in a row failed")));
+                }
+                Some(why) => {
+                    aborts_in_a_row += 1;
+                    rt.abort_transaction(consumer, &busy, &why)?;
+                    let pause = Duration::from_millis(200) * aborts_in_a_row;
+                    if backoff(pause, &mut stop).await.is_err() {
+                        return Ok(());
+                    }
+                }
             }
         }
         committable.extend(rt.settle_others(&busy).await?);

@@ -60,6 +60,10 @@ pub const WORKER_PROCESSING_SECONDS: &str = "keyflow_worker_processing_seconds";
 pub const WORKER_PENDING: &str = "keyflow_worker_pending";
 /// Worker: state snapshots written to the changelog.
 pub const WORKER_SNAPSHOTS: &str = "keyflow_worker_snapshots_total";
+/// Worker: Kafka transactions ended, by result (`committed`, `aborted`);
+/// only `--guarantee exactly-once` runs them, the series exist (at zero) in
+/// every mode.
+pub const WORKER_TRANSACTIONS: &str = "keyflow_worker_transactions_total";
 
 /// Serves `/metrics` from `registry`, `/health` (200 when `health` says the
 /// broker answers) and `/ready` (200 when `ready` is set) on `addr`.

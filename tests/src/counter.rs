@@ -46,6 +46,60 @@ pub fn expected(count: u64, seed: u64) -> (BTreeMap<String, Vec<String>>, usize)
     (per_key, poison)
 }
 
+/// Produces `count` orders (seed `seed`, the test customers and event times
+/// of [`expected`]) to `orders` as fast as the broker takes them.
+pub async fn produce_orders(brokers: &str, registry: &str, count: u64, seed: u64) {
+    let (count, seed, start, customers) =
+        (count.to_string(), seed.to_string(), START.to_string(), CUSTOMERS.to_string());
+    let out = crate::run(
+        "producer",
+        &[
+            "orders",
+            "-b",
+            brokers,
+            "--registry",
+            registry,
+            "--rate",
+            "0",
+            "--count",
+            &count,
+            "--seed",
+            &seed,
+            "--start-time",
+            &start,
+            "--event-step-ms",
+            "1",
+            "--customers",
+            &customers,
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{}", crate::text(&out).1);
+}
+
+/// A librdkafka mock cluster (fault injection only) of three brokers with the
+/// counter worker's topics, and an embedded schema registry in `dir`.
+pub struct MockStack {
+    pub cluster: rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    pub brokers: String,
+    pub registry: String,
+    _registry: (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<std::io::Result<()>>),
+}
+
+impl MockStack {
+    pub async fn start(dir: &std::path::Path, partitions: i32) -> Self {
+        let cluster = rdkafka::mocking::MockCluster::new(3).unwrap();
+        for (topic, n) in
+            [("orders", partitions), ("loyalty", partitions), ("counter-state", partitions), ("counter.dlq", 1)]
+        {
+            cluster.create_topic(topic, n, 3).unwrap();
+        }
+        let brokers = cluster.bootstrap_servers();
+        let (registry, stop, task) = keyflow_infra::stack::start_registry(dir, crate::free_port()).await.unwrap();
+        MockStack { cluster, brokers, registry, _registry: (stop, task) }
+    }
+}
+
 /// Starts `worker counter` (test defaults: small batches, 2 ms simulated I/O;
 /// `extra` overrides them), logging to `log`. An empty `instance` makes a
 /// dynamic member, which leaves the group at once on SIGTERM.

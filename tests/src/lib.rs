@@ -62,6 +62,34 @@ pub fn text(o: &Output) -> (String, String) {
     (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
 }
 
+/// Value of an unlabelled (or first-labelled) metric sample in a Prometheus text page.
+pub fn metric(page: &str, name: &str) -> f64 {
+    page.lines()
+        .find(|l| l.starts_with(name) && !l.starts_with('#'))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in:\n{page}"))
+}
+
+/// Waits (120 s at most) until the worker serving metrics on `addr` is
+/// ready; returns its metrics page.
+pub async fn wait_ready(addr: &str, log: &std::path::Path) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        if let Ok(r) = reqwest::get(format!("http://{addr}/ready")).await {
+            if r.status().is_success() {
+                return reqwest::get(format!("http://{addr}/metrics")).await.unwrap().text().await.unwrap();
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not ready in 120 s:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
 /// Helpers the benchmarks share: machine description, BENCHMARKS.md
 /// sections, sizes from the environment, a stack with the counter worker's
 /// topics, and order load.

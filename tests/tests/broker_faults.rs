@@ -11,11 +11,12 @@
 
 use std::time::{Duration, Instant};
 
-use keyflow_e2e::counter::{expected, kill_all, log_tail, spawn_worker_with, verify_outputs, Tail, CUSTOMERS, START};
-use keyflow_e2e::{free_port, run, text};
+use keyflow_e2e::counter::{
+    expected, kill_all, log_tail, produce_orders, spawn_worker_with, verify_outputs, MockStack, Tail,
+};
 use keyflow_schemas::client::KafkaArgs;
 use keyflow_schemas::{Codec, RegistryConfig};
-use rdkafka::mocking::{MockCluster, MockCoordinator};
+use rdkafka::mocking::MockCoordinator;
 use rdkafka::types::RDKafkaApiKey as Api;
 use rdkafka::types::RDKafkaRespErr::*;
 
@@ -24,40 +25,10 @@ const PARTITIONS: i32 = 3;
 #[tokio::test(flavor = "multi_thread")]
 async fn request_errors_broker_restarts_and_leader_and_coordinator_moves_keep_every_invariant() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = MockCluster::new(3).unwrap();
-    for (topic, partitions) in
-        [("orders", PARTITIONS), ("loyalty", PARTITIONS), ("counter-state", PARTITIONS), ("counter.dlq", 1)]
-    {
-        cluster.create_topic(topic, partitions, 3).unwrap();
-    }
-    let brokers = cluster.bootstrap_servers();
-    let (registry, _stop_registry, _registry_task) =
-        keyflow_infra::stack::start_registry(dir.path(), free_port()).await.unwrap();
+    let stack = MockStack::start(dir.path(), PARTITIONS).await;
+    let (cluster, brokers, registry) = (&stack.cluster, stack.brokers.clone(), stack.registry.clone());
     let count = 6_000u64;
-    let out = run(
-        "producer",
-        &[
-            "orders",
-            "-b",
-            &brokers,
-            "--registry",
-            &registry,
-            "--rate",
-            "0",
-            "--count",
-            &count.to_string(),
-            "--seed",
-            "3",
-            "--start-time",
-            &START.to_string(),
-            "--event-step-ms",
-            "1",
-            "--customers",
-            &CUSTOMERS.to_string(),
-        ],
-    )
-    .await;
-    assert!(out.status.success(), "{}", text(&out).1);
+    produce_orders(&brokers, &registry, count, 3).await;
     let (want, _) = expected(count, 3);
     let want_total: usize = want.values().map(Vec::len).sum();
     let codec = Codec::new(&RegistryConfig::new(&registry)).unwrap();

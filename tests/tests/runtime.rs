@@ -7,8 +7,10 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use keyflow_e2e::counter::{expected, kill_all, log_tail, outputs, spawn_worker_with, verify_outputs, Tail, START};
-use keyflow_e2e::{bin, options, run, start, text};
+use keyflow_e2e::counter::{
+    expected, kill_all, log_tail, outputs, produce_orders, spawn_worker_with, verify_outputs, Tail, START,
+};
+use keyflow_e2e::{bin, metric, options, start, wait_ready};
 use keyflow_infra::inspect::read_raw;
 use keyflow_schemas::events::OrderEvent;
 use keyflow_schemas::topics::TopicSpec;
@@ -28,30 +30,7 @@ async fn stack_with_orders(dir: &std::path::Path, count: u64) -> keyflow_infra::
     )
     .await
     .unwrap();
-    let out = run(
-        "producer",
-        &[
-            "orders",
-            "-b",
-            &stack.kafka.brokers,
-            "--registry",
-            &stack.registry.registry,
-            "--rate",
-            "0",
-            "--count",
-            &count.to_string(),
-            "--seed",
-            "3",
-            "--start-time",
-            &START.to_string(),
-            "--event-step-ms",
-            "1",
-            "--customers",
-            "300",
-        ],
-    )
-    .await;
-    assert!(out.status.success(), "{}", text(&out).1);
+    produce_orders(&stack.kafka.brokers, &stack.registry.registry, count, 3).await;
     stack
 }
 
@@ -432,28 +411,6 @@ async fn a_rebalance_storm_keeps_every_invariant() {
     let copies = verify_outputs(&stack.kafka, &codec, &want).await;
     eprintln!("storm: {toggles} joins/leaves, {want_total} outputs, {copies} raw copies");
     stack.down().await;
-}
-
-/// Value of an unlabelled (or first-labelled) metric sample in a Prometheus text page.
-fn metric(page: &str, name: &str) -> f64 {
-    page.lines()
-        .find(|l| l.starts_with(name) && !l.starts_with('#'))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("{name} not in:\n{page}"))
-}
-
-async fn wait_ready(addr: &str, log: &std::path::Path) -> String {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if let Ok(r) = reqwest::get(format!("http://{addr}/ready")).await {
-            if r.status().is_success() {
-                return reqwest::get(format!("http://{addr}/metrics")).await.unwrap().text().await.unwrap();
-            }
-        }
-        assert!(Instant::now() < deadline, "not ready in 120 s:\n{}", std::fs::read_to_string(log).unwrap_or_default());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

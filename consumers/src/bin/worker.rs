@@ -55,9 +55,11 @@ struct Args {
     /// snapshot (at least the snapshot's own size): bounds restore time.
     #[arg(long, default_value_t = 16 * 1024 * 1024)]
     snapshot_interval_bytes: u64,
-    /// `at-least-once` skips the changelog (state is lost on restart, inputs
-    /// replay): the baseline the runtime benchmark compares against.
-    #[arg(long, value_enum, default_value = "effectively-once", hide = true)]
+    /// `effectively-once` works on any Kafka-API broker (a crash may leave
+    /// byte-identical copies that consumers drop); `exactly-once` commits each
+    /// batch's outputs, changelog and offsets in one Kafka transaction (needs
+    /// a broker with transactions, e.g. Apache Kafka).
+    #[arg(long, value_enum, env = "WORKER_GUARANTEE", default_value = "effectively-once")]
     guarantee: Guarantee,
     /// Input records larger than this go to the DLQ (class `oversized`).
     #[arg(long, default_value_t = 1024 * 1024)]
