@@ -146,10 +146,10 @@ const MAX_COMMIT_BYTES: usize = 512 * 1024;
 /// `message.max.bytes`; a single larger key gets a part of its own).
 const SNAPSHOT_PART_BYTES: usize = 256 * 1024;
 
-/// How many of a transactional changelog's last offsets a restore reads to
-/// find the latest snapshot pointer (a batch writes a few records and one
-/// commit marker).
-const TXN_POINTER_TAIL: i64 = 16;
+/// How many of a transactional changelog's last offsets a restore reads, one
+/// try after another, to find the latest snapshot pointer (a batch writes a
+/// few records and one commit marker; an aborted snapshot many).
+const TXN_POINTER_TAILS: [i64; 3] = [16, 256, 4096];
 
 /// How long a failing restore is retried before the worker gives up (exit 70).
 const RESTORE_PATIENCE: Duration = Duration::from_secs(120);
@@ -250,6 +250,22 @@ impl<W: Worker> Ctx<W> {
             std::process::exit(70);
         }
         let partitions: BTreeSet<i32> = per_topic.values().flatten().copied().collect();
+        if self.cfg.guarantee == Guarantee::ExactlyOnce && !partitions.is_empty() {
+            // KIP-447: a read_committed member's offset fetch waits while a
+            // transaction that sends offsets for these partitions is still
+            // open, so the previous owner's last commit (or abort) lands
+            // before the restore reads the changelog.
+            let mut tpl = TopicPartitionList::new();
+            for (topic, ps) in &per_topic {
+                for p in ps {
+                    tpl.add_partition(topic, *p);
+                }
+            }
+            if let Err(e) = consumer.committed_offsets(tpl, RESTORE_PATIENCE) {
+                tracing::error!(worker = self.worker.name(), error = %e, "waiting for the previous owner's transactions failed; exiting");
+                std::process::exit(70);
+            }
+        }
         let mut with_offsets = TopicPartitionList::new();
         let mut tasks = lock(&self.tasks);
         self.metrics.restoring.set(partitions.len() as i64);
@@ -410,7 +426,8 @@ fn resume_offsets<S>(cfg: &RuntimeConfig, p: i32, task: &Task<S>) -> Vec<(String
 /// whole). Counts what it read; a read error ends the iteration and is kept
 /// in `error`.
 struct ChangelogReader<'a> {
-    consumer: &'a BaseConsumer,
+    /// A consumer of its own: its position is this read's alone.
+    consumer: BaseConsumer,
     topic: &'a str,
     p: i32,
     from: i64,
@@ -444,7 +461,7 @@ impl<'a> ChangelogReader<'a> {
     }
 
     fn open(
-        consumer: &'a BaseConsumer,
+        consumer: BaseConsumer,
         topic: &'a str,
         p: i32,
         (from, to): (i64, i64),
@@ -571,25 +588,33 @@ fn restore_task<W: Worker>(
     let name = worker.name();
     let started = Instant::now();
     let topic = cfg.names.get(&state_topic(name));
-    let consumer: BaseConsumer = keyflow_schemas::kafka::reader_config(&cfg.kafka, "keyflow-restore")?.create()?;
-    // read_committed (the reader's default): `high` is the last stable offset.
-    let (low, high) = consumer.fetch_watermarks(&topic, p, Duration::from_secs(30))?;
-    // Every record points at the latest snapshot; the last one is read. In a
-    // transactional changelog the last offsets are commit markers (or aborted
-    // records): a few more are read, and without a pointer among them the
-    // restore reads from the beginning.
-    let txn = cfg.guarantee == Guarantee::ExactlyOnce;
-    let tail = if txn { TXN_POINTER_TAIL } else { 1 };
-    let pointer = if high > low {
-        let mut last = ChangelogReader::open(&consumer, &topic, p, ((high - tail).max(low), high), false, txn)?;
-        last.by_ref().for_each(drop);
-        last.finish()?.pointer
-    } else {
-        None
+    let client = || -> anyhow::Result<BaseConsumer> {
+        Ok(keyflow_schemas::kafka::reader_config(&cfg.kafka, "keyflow-restore")?.create()?)
     };
+    // read_committed (the reader's default): `high` is the last stable offset.
+    let (low, high) = client()?.fetch_watermarks(&topic, p, Duration::from_secs(30))?;
+    // Every record points at the latest snapshot; the last one is read. In a
+    // transactional changelog the last offsets may be commit markers or
+    // aborted records (a rolled-back snapshot): a few more are read, then
+    // more, before the restore settles for reading from the beginning.
+    let txn = cfg.guarantee == Guarantee::ExactlyOnce;
+    let tails: &[i64] = if txn { &TXN_POINTER_TAILS } else { &[1] };
+    let mut pointer = None;
+    for tail in tails {
+        if high <= low {
+            break;
+        }
+        let from = (high - tail).max(low);
+        let mut last = ChangelogReader::open(client()?, &topic, p, (from, high), false, txn)?;
+        last.by_ref().for_each(drop);
+        pointer = last.finish()?.pointer;
+        if pointer.is_some() || from == low {
+            break;
+        }
+    }
     let mut from_snapshot = pointer.filter(|o| (low..high).contains(o));
     let mut reader = ChangelogReader::open(
-        &consumer,
+        client()?,
         &topic,
         p,
         (from_snapshot.unwrap_or(low), high),
@@ -605,7 +630,7 @@ fn restore_task<W: Worker>(
             // A snapshot interleaved with another writer's records: read it all.
             tracing::warn!(worker = name, partition = p, error = %e, "snapshot unusable; restoring from the beginning");
             from_snapshot = None;
-            reader = ChangelogReader::open(&consumer, &topic, p, (low, high), false, txn)?.counting(metrics);
+            reader = ChangelogReader::open(client()?, &topic, p, (low, high), false, txn)?.counting(metrics);
             let result = changelog::restore(reader.by_ref());
             reader = reader.finish()?;
             result?
@@ -924,6 +949,25 @@ where
     }
 }
 
+/// One task's share of a batch, decided and encoded but not yet written.
+struct Decided<S> {
+    p: i32,
+    batch: u64,
+    inputs: usize,
+    /// The task's states, taken out of it while the batch runs.
+    states: HashMap<String, KeyState<S>>,
+    /// Outputs and DLQ records, in input order.
+    outbox: Vec<OutboxRecord>,
+    /// Event types of the outbox's outputs (DLQ records excluded).
+    output_types: Vec<&'static str>,
+    checkpoint: BTreeMap<String, i64>,
+    offsets: Vec<GroupOffset>,
+    changed: BTreeMap<String, KeyDelta<S>>,
+    pending_delta: i64,
+    /// Started, decoded, decided, encoded.
+    timings: [Instant; 4],
+}
+
 /// Everything a running worker shares across batches.
 struct Runtime<W: Worker> {
     worker: Arc<W>,
@@ -935,6 +979,8 @@ struct Runtime<W: Worker> {
     tasks: Tasks<W::State>,
     state_topic: String,
     dlq_topic: String,
+    /// The producer's `transactional.id` (exactly-once only; for messages).
+    transactional_id: String,
 }
 
 impl<W: Worker> Runtime<W> {
@@ -947,6 +993,21 @@ impl<W: Worker> Runtime<W> {
         msgs: &[&BorrowedMessage<'_>],
         stop: &mut watch::Receiver<bool>,
     ) -> anyhow::Result<Vec<GroupOffset>> {
+        match self.decide(p, msgs, stop).await? {
+            Some(d) => self.write(d).await,
+            None => Ok(vec![]),
+        }
+    }
+
+    /// Decodes, decides and encodes one task's share of a batch: everything
+    /// but the writes (so a transaction need not stay open while the registry
+    /// is retried). `None` when the partition is no longer assigned.
+    async fn decide(
+        &self,
+        p: i32,
+        msgs: &[&BorrowedMessage<'_>],
+        stop: &mut watch::Receiver<bool>,
+    ) -> anyhow::Result<Option<Decided<W::State>>> {
         let (cfg, metrics, name) = (&self.cfg, &self.metrics, self.worker.name());
         let started = Instant::now();
         let mut inputs = Vec::with_capacity(msgs.len());
@@ -979,7 +1040,7 @@ impl<W: Worker> Runtime<W> {
         metrics.processed.with_label_values(&[Outcome::DLQ]).inc_by(outbox.len() as u64);
         let (mut states, batch_no) = {
             let mut t = lock(&self.tasks);
-            let Some(task) = t.get_mut(&p) else { return Ok(vec![]) };
+            let Some(task) = t.get_mut(&p) else { return Ok(None) };
             task.next_batch += 1;
             (std::mem::take(&mut task.states), task.next_batch - 1)
         };
@@ -1031,10 +1092,30 @@ impl<W: Worker> Runtime<W> {
                 _ => {}
             }
         }
+        let offsets: Vec<GroupOffset> = offsets.into_iter().map(|((t, q), o)| (t.to_string(), q, o)).collect();
+        Ok(Some(Decided {
+            p,
+            batch: batch_no,
+            inputs: msgs.len(),
+            states,
+            outbox,
+            output_types,
+            checkpoint,
+            offsets,
+            changed: result.changed,
+            pending_delta: result.pending_delta,
+            timings: [started, decoded_at, decided_at, Instant::now()],
+        }))
+    }
+
+    /// Records and publishes a decided task batch (see [`Guarantee`]);
+    /// returns the group offsets that may be committed now.
+    async fn write(&self, d: Decided<W::State>) -> anyhow::Result<Vec<GroupOffset>> {
+        let (cfg, metrics) = (&self.cfg, &self.metrics);
+        let Decided { p, batch: batch_no, inputs, states, outbox, output_types, checkpoint, offsets, changed, .. } = d;
+        let [started, decoded_at, decided_at, encoded_at] = d.timings;
         let snapshot = lock(&self.tasks).get(&p).and_then(|t| t.snapshot);
         let topic = self.state_topic.as_str();
-        let encoded_at = Instant::now();
-        let offsets: Vec<GroupOffset> = offsets.into_iter().map(|((t, q), o)| (t.to_string(), q, o)).collect();
         // 1. Record the decision, while the previous batch's outputs are still
         // being acknowledged; that batch is marked published once both are in.
         // (The at-least-once baseline only waits for the previous batch: the
@@ -1044,14 +1125,14 @@ impl<W: Worker> Runtime<W> {
         let previous = lock(&self.tasks).get_mut(&p).and_then(|t| t.unacked.take());
         let mut committable = match cfg.guarantee {
             Guarantee::EffectivelyOnce => {
-                let log = decision_records(topic, p, batch_no, &checkpoint, &outbox, &result.changed, snapshot)?;
+                let log = decision_records(topic, p, batch_no, &checkpoint, &outbox, &changed, snapshot)?;
                 written = log.iter().map(|o| o.value.len() as u64).sum();
                 let (recorded, settled) = futures::join!(send_all(&self.producer, &log), self.settle(p, previous));
                 recorded?;
                 settled?
             }
             Guarantee::ExactlyOnce => {
-                let log = decision_records(topic, p, batch_no, &checkpoint, &[], &result.changed, snapshot)?;
+                let log = decision_records(topic, p, batch_no, &checkpoint, &[], &changed, snapshot)?;
                 for o in &log {
                     written += o.value.len() as u64;
                     enqueue(&self.producer, o).await?;
@@ -1076,7 +1157,7 @@ impl<W: Worker> Runtime<W> {
         };
         tracing::debug!(
             partition = p,
-            inputs = msgs.len(),
+            inputs,
             outputs = outbox.len(),
             decode = ?decoded_at - started,
             decide = ?decided_at - decoded_at,
@@ -1096,7 +1177,7 @@ impl<W: Worker> Runtime<W> {
             let Some(task) = t.get_mut(&p) else { return Ok(committable) };
             task.checkpoint.extend(checkpoint);
             task.since_snapshot += written;
-            task.pending += result.pending_delta;
+            task.pending += d.pending_delta;
             task.unacked = unacked;
             task.since_snapshot >= cfg.snapshot_interval_bytes.max(task.snapshot_bytes)
         };
@@ -1146,18 +1227,38 @@ impl<W: Worker> Runtime<W> {
         Ok(out)
     }
 
-    /// Commits the batch's open transaction with its input offsets. Returns
-    /// the failure when the transaction must be aborted instead; an error
-    /// when it failed for good (a newer instance fenced this producer).
-    fn commit_transaction(
+    /// Exactly-once: decides every task's share of the batch first (registry
+    /// retries happen outside any transaction), then writes them all and
+    /// the input offsets in one transaction and commits it. Returns why the
+    /// batch must be undone, if it must, and whether a transaction was begun
+    /// (nothing of the batch is then committed); an error when the producer
+    /// failed for good (fenced) or shutdown interrupted the decisions.
+    async fn transact(
         &self,
         consumer: &StreamConsumer<Ctx<W>>,
-        offsets: &[GroupOffset],
-    ) -> anyhow::Result<Option<anyhow::Error>> {
+        by_task: BTreeMap<i32, Vec<&BorrowedMessage<'_>>>,
+        stop: &mut watch::Receiver<bool>,
+    ) -> anyhow::Result<Option<(anyhow::Error, bool)>> {
+        let mut decided = Vec::with_capacity(by_task.len());
+        for (p, msgs) in by_task {
+            match self.decide(p, &msgs, stop).await {
+                Ok(d) => decided.extend(d),
+                Err(e) if e.is::<Stopping>() => return Err(e),
+                Err(e) => return Ok(Some((e, false))),
+            }
+        }
+        self.producer.begin_transaction().map_err(|e| self.transaction_error(e, "beginning a transaction"))?;
+        let mut offsets = vec![];
+        for d in decided {
+            match self.write(d).await {
+                Ok(o) => offsets.extend(o),
+                Err(e) => return Ok(Some((e, true))),
+            }
+        }
         let group = consumer.group_metadata().context("the consumer has no group metadata to commit with")?;
         let committed = tokio::task::block_in_place(|| {
             if !offsets.is_empty() {
-                let tpl = offsets_list(offsets);
+                let tpl = offsets_list(&offsets);
                 retry_retriable(|| self.producer.send_offsets_to_transaction(&tpl, &group, TXN_CALL_TIMEOUT))?;
             }
             retry_retriable(|| self.producer.commit_transaction(TXN_CALL_TIMEOUT))
@@ -1168,40 +1269,74 @@ impl<W: Worker> Runtime<W> {
                 Ok(None)
             }
             Err(KafkaError::Transaction(e)) if e.txn_requires_abort() => {
-                Ok(Some(anyhow::Error::new(KafkaError::Transaction(e)).context("committing a transaction")))
+                Ok(Some((anyhow::Error::new(KafkaError::Transaction(e)).context("committing a transaction"), true)))
             }
-            Err(KafkaError::Transaction(e)) if e.code() == RDKafkaErrorCode::UnsupportedFeature => {
-                Err(anyhow::anyhow!(
-                    "--guarantee exactly-once: the broker does not support Kafka transactions ({e}); \
-                     use --guarantee effectively-once"
-                ))
-            }
-            Err(e) => Err(anyhow::Error::new(e).context(
-                "committing a transaction failed for good (a newer instance with the same transactional.id \
-                 fenced this one, or the broker has no transactions)",
-            )),
+            Err(e) => Err(self.transaction_error(e, "committing a transaction")),
         }
     }
 
-    /// Aborts the batch's open transaction and rolls its tasks (`parts`) back
-    /// to their last committed batch: state restored from the changelog
-    /// (read_committed), inputs rewound to its checkpoint, so the batch is
-    /// decided again from scratch.
+    /// A transactional call's failure that the worker cannot recover from,
+    /// explained: a broker without transactions, a fenced producer, or an
+    /// error that outlasted its retries.
+    fn transaction_error(&self, e: KafkaError, what: &str) -> anyhow::Error {
+        let KafkaError::Transaction(t) = &e else { return anyhow::Error::new(e).context(what.to_string()) };
+        if t.code() == RDKafkaErrorCode::UnsupportedFeature {
+            return anyhow::anyhow!(
+                "--guarantee exactly-once: the broker does not support Kafka transactions ({t}); \
+                 use --guarantee effectively-once"
+            );
+        }
+        if t.is_fatal() {
+            return anyhow::Error::new(e).context(format!(
+                "{what}: this producer was fenced (another instance took over transactional.id {} or this \
+                 member's partitions); it stops, its successor continues from the committed state",
+                self.transactional_id
+            ));
+        }
+        anyhow::Error::new(e).context(what.to_string())
+    }
+
+    /// Undoes a failed batch: aborts its transaction (when one was begun) and
+    /// rolls each of its tasks back to the last committed batch — state
+    /// restored from the changelog (read_committed), inputs rewound to its
+    /// checkpoint — so the batch is decided again from scratch. `expected`
+    /// holds each task's next batch number before the failed one: a restore
+    /// that does not yet see that far (the previous commit's markers not yet
+    /// written) is read again.
     fn abort_transaction(
         &self,
         consumer: &StreamConsumer<Ctx<W>>,
-        parts: &BTreeSet<i32>,
+        expected: &BTreeMap<i32, u64>,
         why: &anyhow::Error,
+        began: bool,
     ) -> anyhow::Result<()> {
+        let parts: Vec<i32> = expected.keys().copied().collect();
         tracing::warn!(error = %format!("{why:#}"), partitions = ?parts, "transaction failed; aborting it and rolling its tasks back");
         tokio::task::block_in_place(|| {
-            self.producer.abort_transaction(TXN_CALL_TIMEOUT).context("aborting a failed transaction")?;
+            if began {
+                retry_retriable(|| self.producer.abort_transaction(TXN_CALL_TIMEOUT))
+                    .map_err(|e| self.transaction_error(e, "aborting a failed transaction"))?;
+            }
             self.metrics.transactions.with_label_values(&[metrics::TXN_ABORTED]).inc();
-            for &p in parts {
+            for (&p, &next) in expected {
                 if !lock(&self.tasks).contains_key(&p) {
                     continue;
                 }
-                let (task, _) = restore_with_retry(&*self.worker, &self.cfg, p, &self.metrics)?;
+                let started = Instant::now();
+                let task = loop {
+                    let (task, _) = restore_with_retry(&*self.worker, &self.cfg, p, &self.metrics)?;
+                    if task.next_batch >= next {
+                        break task;
+                    }
+                    if started.elapsed() > RESTORE_PATIENCE {
+                        anyhow::bail!(
+                            "rolling back partition {p}: its changelog shows batch {} committed, not {}",
+                            task.next_batch - 1,
+                            next - 1
+                        );
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                };
                 for (topic, offset) in resume_offsets(&self.cfg, p, &task) {
                     let offset = match offset {
                         Offset::Stored => committed_offset(consumer, &topic, p)?,
@@ -1301,7 +1436,13 @@ pub async fn run<W: Worker>(
         settings.push(("group.instance.id", id));
     }
     let mut producer_settings = PRODUCER_DEFAULTS.to_vec();
-    let txn_id = transactional_id(name, cfg.instance_id.as_deref());
+    // `-X transactional.id=…` wins over the derived one.
+    let txn_id = cfg
+        .kafka
+        .settings(&[])
+        .into_iter()
+        .find_map(|(k, v)| (k == "transactional.id").then_some(v))
+        .unwrap_or_else(|| transactional_id(name, cfg.instance_id.as_deref()));
     if cfg.guarantee == Guarantee::ExactlyOnce {
         settings.push(("isolation.level", "read_committed"));
         producer_settings
@@ -1335,6 +1476,7 @@ pub async fn run<W: Worker>(
         producer,
         runner: KeyedRunner::new(cfg.max_in_flight),
         state_topic,
+        transactional_id: txn_id,
         dlq_topic: cfg.names.get(&dlq_topic(name)),
         worker,
         codec,
@@ -1370,11 +1512,12 @@ const MAX_ABORTS_IN_A_ROW: u32 = 5;
 /// How long one transactional call (send offsets, commit, abort) may take.
 const TXN_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// `transaction.timeout.ms`: how long the broker keeps a crashed instance's
-/// open transaction before aborting it (read_committed readers of its
-/// partitions wait that long; a restart with the same `--instance-id` aborts
-/// it at once).
-const TRANSACTION_TIMEOUT_MS: &str = "10000";
+/// `transaction.timeout.ms`: how long a transaction may stay open (a batch's
+/// writes, a large snapshot included) and how long the broker keeps a
+/// crashed instance's open transaction before aborting it: read_committed
+/// readers of its partitions wait that long, unless a restart with the same
+/// `--instance-id` aborts it at once.
+const TRANSACTION_TIMEOUT_MS: &str = "60000";
 
 /// The producer's `transactional.id`: stable per static member, so that a
 /// restarted instance fences its predecessor and aborts its open transaction
@@ -1501,50 +1644,43 @@ async fn consume<W: Worker>(
         }
         let busy: BTreeSet<i32> = by_task.keys().copied().collect();
         let mut committable = vec![];
-        let txn = rt.cfg.guarantee == Guarantee::ExactlyOnce;
-        if txn {
-            rt.producer.begin_transaction().context("beginning a transaction")?;
-        }
-        let mut failed = None;
-        for (p, msgs) in by_task {
-            match rt.run_task(p, &msgs, &mut stop).await {
-                Ok(offsets) => committable.extend(offsets),
+        if rt.cfg.guarantee == Guarantee::ExactlyOnce {
+            // 1-3 in one transaction: the batch's outputs, changelog records
+            // and input offsets commit together, or the batch is undone and
+            // decided again.
+            let expected: BTreeMap<i32, u64> =
+                lock(&rt.tasks).iter().filter(|(p, _)| busy.contains(*p)).map(|(p, t)| (*p, t.next_batch)).collect();
+            let failed = match rt.transact(consumer, by_task, &mut stop).await {
                 Err(e) if e.is::<Stopping>() => {
-                    tracing::info!(partition = p, "shutdown during an outage: the batch is left to the next owner");
-                    if txn {
-                        tokio::task::block_in_place(|| rt.producer.abort_transaction(TXN_CALL_TIMEOUT))
-                            .context("aborting the transaction of an abandoned batch")?;
-                        metrics.transactions.with_label_values(&[metrics::TXN_ABORTED]).inc();
-                    }
+                    tracing::info!("shutdown during an outage: the batch is left to the next owner");
                     return Ok(());
                 }
-                // Never commit half a batch: the transaction is aborted below.
-                Err(e) if txn => {
-                    failed = Some(e);
-                    break;
-                }
                 Err(e) => return Err(e),
-            }
-        }
-        if txn {
-            // 3. Inputs, changelog and outputs commit together, or the batch
-            // is undone and decided again.
-            let aborted = match failed {
-                Some(e) => Some(e),
-                None => rt.commit_transaction(consumer, &std::mem::take(&mut committable))?,
+                Ok(failed) => failed,
             };
-            match aborted {
+            match failed {
                 None => aborts_in_a_row = 0,
-                Some(why) if aborts_in_a_row >= MAX_ABORTS_IN_A_ROW => {
+                Some((why, _)) if aborts_in_a_row >= MAX_ABORTS_IN_A_ROW => {
                     return Err(why.context(format!("{MAX_ABORTS_IN_A_ROW} transactions in a row failed")));
                 }
-                Some(why) => {
+                Some((why, began)) => {
                     aborts_in_a_row += 1;
-                    rt.abort_transaction(consumer, &busy, &why)?;
+                    rt.abort_transaction(consumer, &expected, &why, began)?;
                     let pause = Duration::from_millis(200) * aborts_in_a_row;
                     if backoff(pause, &mut stop).await.is_err() {
                         return Ok(());
                     }
+                }
+            }
+        } else {
+            for (p, msgs) in by_task {
+                match rt.run_task(p, &msgs, &mut stop).await {
+                    Ok(offsets) => committable.extend(offsets),
+                    Err(e) if e.is::<Stopping>() => {
+                        tracing::info!(partition = p, "shutdown during an outage: the batch is left to the next owner");
+                        return Ok(());
+                    }
+                    Err(e) => return Err(e),
                 }
             }
         }
