@@ -104,7 +104,7 @@ pub fn ensure_port_free(host: &str, port: u16, what: &'static str, flag: &'stati
 /// Adds the index Tansu's SQLite schema lacks: its fetch looks up each
 /// record's headers with `header.topition = ? and header.offset_id = ?`, and
 /// without an index that is a scan of every header ever written, so a fetch
-/// costs O(records × all headers). Measured (BROKER-NOTES.md): fetching 4,923
+/// costs O(records × all headers). Measured (infra/BROKER-NOTES.md): fetching 4,923
 /// records with headers took 19.6 s before and 0.5 s after. Idempotent.
 fn index_headers(db: &Path) -> Result<(), BrokerError> {
     let err = |source: rusqlite::Error| BrokerError::Io {

@@ -282,7 +282,7 @@ pub async fn tail(
         }
         summary.read += 1;
         // The embedded broker answers a time past the newest record with
-        // offset 0 (BROKER-NOTES), so `--since` is also applied per record.
+        // offset 0 (infra/BROKER-NOTES.md), so `--since` is also applied per record.
         if args.since.is_some_and(|since| raw.timestamp.is_some_and(|t| t < since)) {
             continue;
         }

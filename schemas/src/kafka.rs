@@ -39,7 +39,7 @@ pub const PRODUCER_DEFAULTS: &[(&str, &str)] =
 /// How long a worker's fetch may wait on the broker for data. Real Kafka
 /// answers as soon as data arrives, so this only bounds idle polling; Tansu
 /// 0.6 sleeps before answering every fetch, data or not (max wait / 2 from
-/// 500 ms up, the whole wait below 250 ms: BROKER-NOTES.md), so the default
+/// 500 ms up, the whole wait below 250 ms: infra/BROKER-NOTES.md), so the default
 /// 500 ms would add ~250 ms to every hop of the pipeline.
 pub const FETCH_WAIT_MS: &str = "50";
 

@@ -8,37 +8,22 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use keyflow_e2e::counter::{
-    expected, kill_all, log_tail, outputs, produce_orders, spawn_worker_with, verify_outputs, Tail, START,
+    expected, kill_all, log_tail, outputs, spawn_worker_with, stack_with_orders, verify_outputs, Tail, START,
 };
-use keyflow_e2e::{bin, metric, options, start, wait_ready};
+use keyflow_e2e::{bin, metric, wait_ready};
 use keyflow_infra::inspect::read_raw;
 use keyflow_schemas::events::OrderEvent;
-use keyflow_schemas::topics::TopicSpec;
 use keyflow_schemas::{Codec, RegistryConfig};
 
 fn spawn_worker(brokers: &str, registry: &str, instance: &str, log: &std::path::Path) -> std::process::Child {
     spawn_worker_with(brokers, registry, instance, log, &[])
 }
 
-/// A stack with the counter's topics and `count` orders (seed 3) on `orders`.
-async fn stack_with_orders(dir: &std::path::Path, count: u64) -> keyflow_infra::stack::Stack {
-    let stack = start(&options(dir, 3)).await;
-    keyflow_infra::kafka::create_topics(
-        &stack.kafka,
-        &[TopicSpec::new("counter-state", 3), TopicSpec::new("counter.dlq", 1)],
-        None,
-    )
-    .await
-    .unwrap();
-    produce_orders(&stack.kafka.brokers, &stack.registry.registry, count, 3).await;
-    stack
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_under_load_exits_0_within_10_s_and_a_restart_reprocesses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let count = 10_000u64;
-    let stack = stack_with_orders(dir.path(), count).await;
+    let stack = stack_with_orders(dir.path(), 3, count).await;
     let (brokers, registry) = (stack.kafka.brokers.clone(), stack.registry.registry.clone());
     let (want, _) = expected(count, 3);
     let want_total: usize = want.values().map(Vec::len).sum();
@@ -110,7 +95,7 @@ async fn sigterm_under_load_exits_0_within_10_s_and_a_restart_reprocesses_nothin
 async fn kill_9_twenty_times_in_200k_records_loses_nothing_duplicates_nothing_and_keeps_per_key_order() {
     let dir = tempfile::tempdir().unwrap();
     let count = 200_000u64;
-    let stack = stack_with_orders(dir.path(), count).await;
+    let stack = stack_with_orders(dir.path(), 3, count).await;
     let (brokers, registry) = (stack.kafka.brokers.clone(), stack.registry.registry.clone());
     let (want, poison) = expected(count, 3);
     let want_total: usize = want.values().map(Vec::len).sum();
@@ -182,7 +167,7 @@ async fn six_kinds_of_poison_land_in_the_dlq_with_headers_while_good_records_flo
     use rdkafka::producer::{FutureProducer, FutureRecord};
     let dir = tempfile::tempdir().unwrap();
     let count = 2_000u64;
-    let stack = stack_with_orders(dir.path(), count).await;
+    let stack = stack_with_orders(dir.path(), 3, count).await;
     let (brokers, registry) = (stack.kafka.brokers.clone(), stack.registry.registry.clone());
     let codec = Codec::new(&RegistryConfig::new(&registry)).unwrap();
     let s = samples("poison");
@@ -277,7 +262,7 @@ async fn six_kinds_of_poison_land_in_the_dlq_with_headers_while_good_records_flo
 async fn a_30_s_registry_outage_sends_no_good_record_to_the_dlq_and_processing_resumes_by_itself() {
     let dir = tempfile::tempdir().unwrap();
     let count = 3_000u64;
-    let mut stack = stack_with_orders(dir.path(), count).await;
+    let mut stack = stack_with_orders(dir.path(), 3, count).await;
     let (brokers, registry) = (stack.kafka.brokers.clone(), stack.registry.registry.clone());
     let codec = Codec::new(&RegistryConfig::new(&registry)).unwrap();
     let (want, poison) = expected(count, 3);
@@ -327,7 +312,7 @@ async fn a_30_s_registry_outage_sends_no_good_record_to_the_dlq_and_processing_r
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rebalance_storm_keeps_every_invariant() {
     let dir = tempfile::tempdir().unwrap();
-    let stack = stack_with_orders(dir.path(), 1).await;
+    let stack = stack_with_orders(dir.path(), 3, 1).await;
     let (brokers, registry) = (stack.kafka.brokers.clone(), stack.registry.registry.clone());
     let codec = Codec::new(&RegistryConfig::new(&registry)).unwrap();
     // Orders keep arriving during the storm (same seed as the oracle; one order was produced above).
@@ -370,7 +355,7 @@ async fn a_rebalance_storm_keeps_every_invariant() {
                 // SIGTERM, it leaves the group at once. (On the embedded broker
                 // a member that leaves while a round is still settling is not
                 // removed until its session times out, and chains of those
-                // wedge the group: BROKER-NOTES.)
+                // wedge the group: infra/BROKER-NOTES.md.)
                 let joined = Instant::now() + Duration::from_secs(60);
                 while Instant::now() < joined
                     && !reqwest::get(format!("http://{metrics}/ready")).await.is_ok_and(|r| r.status().is_success())
@@ -417,7 +402,7 @@ async fn a_rebalance_storm_keeps_every_invariant() {
 async fn a_restart_restores_from_the_latest_snapshot_without_reading_the_whole_changelog() {
     let dir = tempfile::tempdir().unwrap();
     let count = 12_000u64;
-    let stack = stack_with_orders(dir.path(), count).await;
+    let stack = stack_with_orders(dir.path(), 3, count).await;
     let (brokers, registry) = (stack.kafka.brokers.clone(), stack.registry.registry.clone());
     let codec = Codec::new(&RegistryConfig::new(&registry)).unwrap();
     let (want, _) = expected(count, 3);
@@ -454,7 +439,7 @@ async fn a_restart_restores_from_the_latest_snapshot_without_reading_the_whole_c
 async fn sigterm_while_waiting_out_a_registry_outage_exits_0_within_10_s_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let count = 2_000u64;
-    let mut stack = stack_with_orders(dir.path(), count).await;
+    let mut stack = stack_with_orders(dir.path(), 3, count).await;
     let (brokers, registry) = (stack.kafka.brokers.clone(), stack.registry.registry.clone());
     let codec = Codec::new(&RegistryConfig::new(&registry)).unwrap();
     let (want, _) = expected(count, 3);
@@ -492,7 +477,7 @@ async fn sigterm_while_waiting_out_a_registry_outage_exits_0_within_10_s_and_los
 #[tokio::test(flavor = "multi_thread")]
 async fn an_instance_beyond_the_partition_count_stays_up_ready_and_idle() {
     let dir = tempfile::tempdir().unwrap();
-    let stack = stack_with_orders(dir.path(), 100).await;
+    let stack = stack_with_orders(dir.path(), 3, 100).await;
     let (brokers, registry) = (stack.kafka.brokers.clone(), stack.registry.registry.clone());
     let log = dir.path().join("workers.log");
     // Four instances, three partitions: the range assignor leaves one with none.
