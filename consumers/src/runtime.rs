@@ -17,10 +17,6 @@
 //! Limit: a crash between publish and marker leaves byte-identical copies,
 //! which consumers drop.
 //!
-//! A batch is what the consumer has fetched (up to `--max-batch` inputs and
-//! 1 MiB, gathered for at most [`MAX_GATHER`]); its partition tasks run
-//! concurrently, each deciding its keys with its own in-flight bound.
-//!
 //! With `--guarantee exactly-once` (brokers with transactions) each batch
 //! is decided first, then its outputs, changelog records (no outbox) and
 //! input offsets are written in one Kafka transaction; a failed transaction
@@ -147,12 +143,6 @@ impl RuntimeConfig {
 /// `--max-batch` says), so that the changelog parts of a batch (its outbox and
 /// state changes, see [`decision_records`]) stay few.
 const MAX_BATCH_INPUT_BYTES: usize = 1024 * 1024;
-
-/// How long a batch keeps gathering inputs after its first: records that
-/// arrive steadily (a real broker answers fetches as soon as data comes)
-/// must not hold the first one back until `--max-batch` is reached. A
-/// backlog already in the client's queue is gathered well within it.
-const MAX_GATHER: Duration = Duration::from_millis(20);
 
 /// A batch's commit record carries its state changes when it stays below this.
 const MAX_COMMIT_BYTES: usize = 512 * 1024;
@@ -990,6 +980,7 @@ struct Runtime<W: Worker> {
     codec: Arc<Codec>,
     metrics: WorkerMetrics,
     producer: FutureProducer,
+    runner: KeyedRunner,
     tasks: Tasks<W::State>,
     state_topic: String,
     dlq_topic: String,
@@ -1060,9 +1051,7 @@ impl<W: Worker> Runtime<W> {
         };
         let occurred: Vec<i64> = inputs.iter().map(|i| i.event.metadata().occurred_at).collect();
         let decoded_at = Instant::now();
-        // `--max-in-flight` bounds each partition task on its own.
-        let runner = KeyedRunner::new(cfg.max_in_flight);
-        let result = process_batch(&*self.worker, &runner, &mut states, inputs, cfg.dedupe_retention_ms).await;
+        let result = process_batch(&*self.worker, &self.runner, &mut states, inputs, cfg.dedupe_retention_ms).await;
         let decided_at = Instant::now();
         let mut output_types = Vec::with_capacity(result.outputs.len());
         for o in &result.outputs {
@@ -1490,6 +1479,7 @@ pub async fn run<W: Worker>(
     consumer.subscribe(&inputs.iter().map(String::as_str).collect::<Vec<_>>())?;
     let rt = Runtime {
         producer,
+        runner: KeyedRunner::new(cfg.max_in_flight),
         state_topic,
         transactional_id: txn_id,
         dlq_topic: cfg.names.get(&dlq_topic(name)),
@@ -1635,8 +1625,7 @@ async fn consume<W: Worker>(
         };
         let mut bytes = first.payload_len();
         let mut batch = vec![first];
-        let gathering = Instant::now();
-        while batch.len() < rt.cfg.max_batch && bytes < MAX_BATCH_INPUT_BYTES && gathering.elapsed() < MAX_GATHER {
+        while batch.len() < rt.cfg.max_batch && bytes < MAX_BATCH_INPUT_BYTES {
             match tokio::time::timeout(Duration::from_millis(5), consumer.recv()).await {
                 Ok(Ok(m)) => {
                     bytes += m.payload_len();
@@ -1689,14 +1678,8 @@ async fn consume<W: Worker>(
                 }
             }
         } else {
-            // The tasks run concurrently: their changelog writes and acks
-            // overlap instead of adding one round trip per partition.
-            let runs = by_task.iter().map(|(p, msgs)| {
-                let mut stop = stop.clone();
-                async move { (*p, rt.run_task(*p, msgs, &mut stop).await) }
-            });
-            for (p, result) in futures::future::join_all(runs).await {
-                match result {
+            for (p, msgs) in by_task {
+                match rt.run_task(p, &msgs, &mut stop).await {
                     Ok(offsets) => committable.extend(offsets),
                     Err(e) if e.is::<Stopping>() => {
                         tracing::info!(partition = p, "shutdown during an outage: the batch is left to the next owner");

@@ -89,11 +89,9 @@ async fn main() {
     let dir = tempfile::tempdir().unwrap();
     let s = stack(dir.path()).await;
     let mut p = pipeline(&s, dir.path()).await;
-    // One load run: its first 10 s warm the pipeline (and the generators'
-    // own start-up: connections, producer ids, schema lookups) and are not
-    // measured.
-    let measured_from = keyflow_producers::run::now_ms() + 10_000;
-    load(&s, latency_rate, 10 + step, 1).await;
+    load(&s, latency_rate, 10, 1).await;
+    let measured_from = keyflow_producers::run::now_ms();
+    load(&s, latency_rate, step, 2).await;
     assert!(p.wait_drained(&TopicNames::default(), Duration::from_secs(600)).await.unwrap(), "drained");
     p.stop(Duration::from_secs(10)).await;
     let codec = Codec::new(&RegistryConfig::new(&s.registry.registry)).unwrap();

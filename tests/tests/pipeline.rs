@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use keyflow_e2e::{bin, options, start, text};
-use keyflow_infra::pipeline::{Bins, Pipeline, WORKERS};
+use keyflow_infra::pipeline::{group_positions, Bins, GroupPosition, Pipeline, WORKERS};
 use keyflow_infra::verify::{self, Report};
 use keyflow_schemas::rules::RuleArgs;
 use keyflow_schemas::topics::TopicNames;
@@ -27,6 +27,22 @@ const EVENT_TYPES: [&str; 12] = [
     "PublicationApprovalRequested",
     "PublicationEvaluationCompleted",
 ];
+
+/// Each group's lag (records not committed past), for failure messages.
+fn lag_report(kafka: &keyflow_schemas::client::KafkaArgs) -> String {
+    let names = TopicNames::default();
+    WORKERS
+        .iter()
+        .map(|w| {
+            let topics: Vec<String> = w.inputs().into_iter().map(|t| names.get(t)).collect();
+            match group_positions(kafka, w.name(), &topics) {
+                Ok(ps) => format!("{} lag {:?}", w.name(), ps.iter().map(GroupPosition::lag).collect::<Vec<_>>()),
+                Err(e) => format!("{}: {e}", w.name()),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
 
 fn assert_every_event_type(report: &Report) {
     for t in EVENT_TYPES {
@@ -102,7 +118,7 @@ async fn kill_9_of_random_workers_under_load_leaves_every_invariant_holding() {
         assert!(status.unwrap().success(), "producer {name} failed");
     }
     let drained = pipeline.wait_drained(&TopicNames::default(), Duration::from_secs(300)).await.unwrap();
-    assert!(drained, "the workers caught up after the chaos\n{}", log_tails(&pipeline));
+    assert!(drained, "the workers caught up after the chaos ({})\n{}", lag_report(&stack.kafka), log_tails(&pipeline));
     let stopped = pipeline.stop(Duration::from_secs(10)).await;
     assert!(stopped.iter().all(|(_, s)| s.is_some_and(|s| s.success())), "clean exits after SIGTERM: {stopped:?}");
 
