@@ -597,7 +597,11 @@ fn restore_task<W: Worker>(
         Ok(keyflow_schemas::kafka::reader_config(&cfg.kafka, "keyflow-restore")?.create()?)
     };
     // read_committed (the reader's default): `high` is the last stable offset.
-    let (low, high) = client()?.fetch_watermarks(&topic, p, Duration::from_secs(30))?;
+    // The consumer that asked has read nothing yet: the first read takes it.
+    let asked = client()?;
+    let (low, high) = asked.fetch_watermarks(&topic, p, Duration::from_secs(30))?;
+    let mut unread = Some(asked);
+    let mut reader_client = || unread.take().map_or_else(client, Ok);
     // Every record points at the latest snapshot; the last one is read. In a
     // transactional changelog the last offsets may be commit markers or
     // aborted records (a rolled-back snapshot): a few more are read, then
@@ -610,7 +614,7 @@ fn restore_task<W: Worker>(
             break;
         }
         let from = (high - tail).max(low);
-        let mut last = ChangelogReader::open(client()?, &topic, p, (from, high), false, txn)?;
+        let mut last = ChangelogReader::open(reader_client()?, &topic, p, (from, high), false, txn)?;
         last.by_ref().for_each(drop);
         pointer = last.finish()?.pointer;
         if pointer.is_some() || from == low {
@@ -619,7 +623,7 @@ fn restore_task<W: Worker>(
     }
     let mut from_snapshot = pointer.filter(|o| (low..high).contains(o));
     let mut reader = ChangelogReader::open(
-        client()?,
+        reader_client()?,
         &topic,
         p,
         (from_snapshot.unwrap_or(low), high),
