@@ -993,18 +993,37 @@ struct Runtime<W: Worker> {
 }
 
 impl<W: Worker> Runtime<W> {
-    /// Decides, records and publishes one task's share of a batch (offset order
-    /// within each input partition). Returns the group offsets that may be
+    /// Decides, records and publishes each task's share of a batch (offset
+    /// order within each input partition; the tasks decide one after the
+    /// other, then write together). Returns the group offsets that may be
     /// committed now: those of batches whose outputs are acknowledged.
-    async fn run_task(
+    /// `Stopping` when shutdown interrupted a decision (the tasks decided
+    /// before it are written, their offsets left uncommitted).
+    async fn run_tasks(
         &self,
-        p: i32,
-        msgs: &[&BorrowedMessage<'_>],
+        by_task: BTreeMap<i32, Vec<&BorrowedMessage<'_>>>,
         stop: &mut watch::Receiver<bool>,
     ) -> anyhow::Result<Vec<GroupOffset>> {
-        match self.decide(p, msgs, stop).await? {
-            Some(d) => self.write(d).await,
-            None => Ok(vec![]),
+        let mut decided = Vec::with_capacity(by_task.len());
+        let mut stopping = None;
+        for (p, msgs) in by_task {
+            match self.decide(p, &msgs, stop).await {
+                Ok(d) => decided.extend(d),
+                Err(e) if e.is::<Stopping>() => {
+                    tracing::info!(partition = p, "shutdown during an outage: the batch is left to the next owner");
+                    stopping = Some(e);
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        // The tasks' writes overlap, so a batch waits for one changelog round
+        // trip instead of one per partition (and the producer sends the
+        // partitions' records together).
+        let written = futures::future::try_join_all(decided.into_iter().map(|d| self.write(d))).await?;
+        match stopping {
+            Some(e) => Err(e),
+            None => Ok(written.into_iter().flatten().collect()),
         }
     }
 
@@ -1069,11 +1088,8 @@ impl<W: Worker> Runtime<W> {
                         return Err(stopping);
                     }
                 };
-            let mut hs = vec![
-                (headers::CAUSE_TOPIC.to_string(), o.cause_topic.as_bytes().to_vec()),
-                (headers::CAUSE_PARTITION.to_string(), p.to_string().into_bytes()),
-                (headers::CAUSE_OFFSET.to_string(), o.cause_offset.to_string().into_bytes()),
-            ];
+            let cause = headers::cause(&o.cause_topic, p, o.cause_offset);
+            let mut hs = vec![(headers::CAUSE.to_string(), cause.into_bytes())];
             if let Some(t) = &o.traceparent {
                 let child = headers::child_traceparent(t, &o.event.metadata().event_id);
                 hs.push((headers::TRACEPARENT.to_string(), child.into_bytes()));
@@ -1682,15 +1698,10 @@ async fn consume<W: Worker>(
                 }
             }
         } else {
-            for (p, msgs) in by_task {
-                match rt.run_task(p, &msgs, &mut stop).await {
-                    Ok(offsets) => committable.extend(offsets),
-                    Err(e) if e.is::<Stopping>() => {
-                        tracing::info!(partition = p, "shutdown during an outage: the batch is left to the next owner");
-                        return Ok(());
-                    }
-                    Err(e) => return Err(e),
-                }
+            match rt.run_tasks(by_task, &mut stop).await {
+                Ok(offsets) => committable.extend(offsets),
+                Err(e) if e.is::<Stopping>() => return Ok(()),
+                Err(e) => return Err(e),
             }
         }
         committable.extend(rt.settle_others(&busy).await?);
@@ -1721,7 +1732,7 @@ mod tests {
                 topic: "payments".into(),
                 key: format!("customer-{i}"),
                 value: vec![(i % 251) as u8; 300],
-                headers: vec![(headers::CAUSE_OFFSET.into(), i.to_string().into_bytes())],
+                headers: vec![(headers::CAUSE.into(), headers::cause("orders", 0, i).into_bytes())],
             })
             .collect();
         let changed: BTreeMap<String, KeyDelta<i64>> = (0..3_000)

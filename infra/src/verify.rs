@@ -371,9 +371,9 @@ impl Ctx<'_> {
 }
 
 fn cause_of(r: &RawRecord) -> Option<(String, i64)> {
-    let topic = r.header(headers::CAUSE_TOPIC)?;
-    let offset = r.header(headers::CAUSE_OFFSET)?.parse().ok()?;
-    Some((topic, offset))
+    let value = r.header(headers::CAUSE)?;
+    let (topic, _, offset) = headers::parse_cause(&value)?;
+    Some((topic.to_string(), offset))
 }
 
 /// Record timestamps of one input partition, by offset.

@@ -3,12 +3,13 @@
 /// W3C trace context, carried from a producer's event to every derived event.
 pub const TRACEPARENT: &str = "traceparent";
 
-/// On every worker output: the input record that caused it (topic,
-/// partition, offset), so a reader can follow an output back to its cause
-/// and check per-key order even for joins.
-pub const CAUSE_TOPIC: &str = "cause.topic";
-pub const CAUSE_PARTITION: &str = "cause.partition";
-pub const CAUSE_OFFSET: &str = "cause.offset";
+/// On every worker output: the input record that caused it, as
+/// `<topic>:<partition>:<offset>` ([`cause`]), so a reader can follow an
+/// output back to its cause and check per-key order even for joins. One
+/// header, not three: the embedded broker writes (and plans) one SQL row per
+/// header, so each header costs it about as much as a record
+/// (infra/BROKER-NOTES.md).
+pub const CAUSE: &str = "cause";
 
 /// On every DLQ record: why it could not be processed and where it came from.
 pub const ERROR_CLASS: &str = "error.class";
@@ -19,6 +20,20 @@ pub const SOURCE_OFFSET: &str = "source.offset";
 pub const WORKER: &str = "worker";
 /// Size of an oversized record's value (the DLQ keeps only its start).
 pub const ORIGINAL_SIZE: &str = "original.size";
+
+/// The [`CAUSE`] header's value for input `topic`/`partition`@`offset`.
+pub fn cause(topic: &str, partition: i32, offset: i64) -> String {
+    format!("{topic}:{partition}:{offset}")
+}
+
+/// A [`CAUSE`] header's topic, partition and offset; `None` when malformed.
+pub fn parse_cause(value: &str) -> Option<(&str, i32, i64)> {
+    let mut parts = value.rsplitn(3, ':');
+    let offset = parts.next()?.parse().ok()?;
+    let partition = parts.next()?.parse().ok()?;
+    let topic = parts.next().filter(|t| !t.is_empty())?;
+    Some((topic, partition, offset))
+}
 
 /// Hex digits of an event id (a UUID), padded to 32.
 fn id_hex(event_id: &str) -> String {
@@ -56,6 +71,15 @@ pub fn child_traceparent(parent: &str, event_id: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cause_reads_back_as_written_and_a_malformed_one_is_none() {
+        assert_eq!(cause("orders", 3, 1234), "orders:3:1234");
+        assert_eq!(parse_cause(&cause("prod.orders-v2", 11, 0)), Some(("prod.orders-v2", 11, 0)));
+        for bad in ["", "orders", "orders:3", ":3:4", "orders:x:4", "orders:3:x"] {
+            assert_eq!(parse_cause(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn a_root_context_is_w3c_shaped_and_stable() {
