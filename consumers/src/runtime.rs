@@ -1172,7 +1172,11 @@ impl<W: Worker> Runtime<W> {
         // acknowledgement — or the transaction's commit does.
         let mut deliveries = Vec::with_capacity(outbox.len());
         for o in &outbox {
-            deliveries.push(enqueue(&self.producer, &Outgoing::outbox(o)).await?);
+            let delivery = enqueue(&self.producer, &Outgoing::outbox(o)).await?;
+            // A transaction's commit waits for its records itself.
+            if cfg.guarantee != Guarantee::ExactlyOnce {
+                deliveries.push(delivery);
+            }
         }
         let unacked = if cfg.guarantee == Guarantee::ExactlyOnce {
             committable.extend(offsets);
@@ -1338,11 +1342,13 @@ impl<W: Worker> Runtime<W> {
         let parts: Vec<i32> = expected.keys().copied().collect();
         tracing::warn!(error = %format!("{why:#}"), partitions = ?parts, "transaction failed; aborting it and rolling its tasks back");
         tokio::task::block_in_place(|| {
+            // A batch undone before its transaction began (a decision failed)
+            // is rolled back all the same, but it is not an aborted transaction.
             if began {
                 retry_retriable(|| self.producer.abort_transaction(TXN_CALL_TIMEOUT))
                     .map_err(|e| self.transaction_error(e, "aborting a failed transaction"))?;
+                self.metrics.transactions.with_label_values(&[metrics::TXN_ABORTED]).inc();
             }
-            self.metrics.transactions.with_label_values(&[metrics::TXN_ABORTED]).inc();
             for (&p, &next) in expected {
                 if !lock(&self.tasks).contains_key(&p) {
                     continue;

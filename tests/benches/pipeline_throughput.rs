@@ -7,6 +7,10 @@
 //!    effectively-once hops: payment, then loyalty, each recording its
 //!    decision before publishing it) and each hop's p50/p99 from record
 //!    timestamps, measured by the verifier, which also checks every invariant.
+//!    `BENCH_LATENCY_ROUNDS` (3) rounds on fresh stacks, each followed by the
+//!    same run on librdkafka's mock cluster (a broker that answers fetches as
+//!    soon as data is there), which shows the pipeline's own latency apart
+//!    from the embedded broker's; the median round (by p99) is reported.
 //! 2. Sustained rate: order rates stepping up (`BENCH_RATES`), each for
 //!    `BENCH_STEP_SECS`; a rate is sustained when the workers' total lag at
 //!    the end of the step is no more than a second's worth of input above
@@ -25,8 +29,10 @@ use keyflow_e2e::bench::{bin, env};
 use keyflow_infra::pipeline::{group_positions, Bins, GroupPosition, Pipeline, WORKERS};
 use keyflow_infra::stack::{Stack, StackOptions};
 use keyflow_infra::verify;
+use keyflow_schemas::client::{KafkaArgs, RegistryArgs};
+use keyflow_schemas::registry_admin::RegistryAdmin;
 use keyflow_schemas::rules::RuleArgs;
-use keyflow_schemas::topics::TopicNames;
+use keyflow_schemas::topics::{self, TopicNames};
 use keyflow_schemas::{Codec, RegistryConfig};
 
 async fn stack(dir: &std::path::Path) -> Stack {
@@ -36,7 +42,19 @@ async fn stack(dir: &std::path::Path) -> Stack {
     Stack::up(&opts).await.expect("stack")
 }
 
-async fn pipeline(stack: &Stack, dir: &std::path::Path) -> Pipeline {
+/// The embedded broker's and registry's addresses, or the mock cluster's.
+struct Cluster {
+    kafka: KafkaArgs,
+    registry: RegistryArgs,
+}
+
+impl From<&Stack> for Cluster {
+    fn from(s: &Stack) -> Self {
+        Cluster { kafka: s.kafka.clone(), registry: s.registry.clone() }
+    }
+}
+
+async fn pipeline(stack: &Cluster, dir: &std::path::Path) -> Pipeline {
     let bins = Bins::in_dir(bin("worker").parent().unwrap());
     let extra = std::env::var("BENCH_WORKER_ARGS").unwrap_or_default();
     let extra: Vec<&str> = extra.split_whitespace().collect();
@@ -47,7 +65,7 @@ async fn pipeline(stack: &Stack, dir: &std::path::Path) -> Pipeline {
 }
 
 /// Runs both generators at `rate` orders/s for `secs`; waits for them.
-async fn load(stack: &Stack, rate: u64, secs: u64, seed: u64) {
+async fn load(stack: &Cluster, rate: u64, secs: u64, seed: u64) {
     let run = |cmd: &str, rate: u64| {
         tokio::process::Command::new(bin("producer"))
             .args([cmd, "-b", &stack.kafka.brokers, "--registry", &stack.registry.registry])
@@ -62,7 +80,7 @@ async fn load(stack: &Stack, rate: u64, secs: u64, seed: u64) {
 }
 
 /// Per worker group: (input records at the brokers, records the group committed).
-fn positions(stack: &Stack) -> BTreeMap<&'static str, (i64, i64)> {
+fn positions(stack: &Cluster) -> BTreeMap<&'static str, (i64, i64)> {
     let names = TopicNames::default();
     WORKERS
         .iter()
@@ -82,6 +100,78 @@ fn total_lag(p: &BTreeMap<&str, (i64, i64)>) -> i64 {
     p.values().map(|(h, d)| h - d).sum()
 }
 
+/// The hop the latency target is about.
+const E2E: &str = "OrderPlaced → PointsAwarded";
+
+/// Runs the pipeline at `rate` orders/s for WARM_UP_SECS + `step` seconds
+/// and verifies it; the latencies are those of the last `step` seconds.
+async fn latency(c: &Cluster, dir: &std::path::Path, rate: u64, step: u64) -> verify::Report {
+    let mut p = pipeline(c, dir).await;
+    // One load run: the first WARM_UP_SECS (generator start-up, the workers'
+    // first fetches) are not measured.
+    let measured_from = keyflow_producers::run::now_ms() + WARM_UP_SECS as i64 * 1000;
+    load(c, rate, WARM_UP_SECS + step, 1).await;
+    assert!(p.wait_drained(&TopicNames::default(), Duration::from_secs(600)).await.unwrap(), "drained");
+    p.stop(Duration::from_secs(10)).await;
+    let codec = Codec::new(&RegistryConfig::new(&c.registry.registry)).unwrap();
+    let settings = verify::Settings {
+        names: TopicNames::default(),
+        rules: RuleArgs::default(),
+        latency_from_ms: Some(measured_from),
+    };
+    let report = verify::verify(&c.kafka, &codec, &settings, |_| {}).await.unwrap();
+    assert!(report.ok, "{}", report.text());
+    report
+}
+
+/// librdkafka's mock cluster (one broker) with the catalog's topics, and our
+/// registry with every schema; dropping the guard stops the registry.
+async fn mock_cluster(dir: &std::path::Path) -> (Cluster, impl Drop) {
+    let mock = rdkafka::mocking::MockCluster::new(1).unwrap();
+    for t in topics::catalog().specs(Some(6)) {
+        mock.create_topic(&t.name, t.partitions, 1).unwrap();
+    }
+    let port = keyflow_infra::pipeline::free_port().unwrap();
+    let (url, stop, _task) = keyflow_infra::stack::start_registry(&dir.join("registry"), port).await.unwrap();
+    let registry = RegistryArgs { registry: url, registry_auth: None };
+    let admin = RegistryAdmin::new(registry.config().unwrap()).unwrap();
+    admin.wait_ready(Duration::from_secs(30)).await.unwrap();
+    admin.register_all(|t| t.to_string()).await.unwrap();
+    let kafka = KafkaArgs::new(mock.bootstrap_servers());
+    (Cluster { kafka, registry }, MockGuard { _mock: mock, stop: Some(stop) })
+}
+
+struct MockGuard {
+    _mock: rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for MockGuard {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// The report's latency table rows.
+fn rows(r: &verify::Report) -> String {
+    r.latency.iter().map(|l| format!("| {} | {} | {} | {} |\n", l.hop, l.count, l.p50_ms, l.p99_ms)).collect()
+}
+
+/// The round whose [`E2E`] p99 is the median, and every round's p50/p99.
+fn median_round(reports: &[verify::Report]) -> (&verify::Report, String) {
+    let mut by_p99: Vec<&verify::Report> = reports.iter().collect();
+    by_p99.sort_by_key(|r| hop(r).1);
+    let all: Vec<String> = reports.iter().map(|r| format!("{}/{}", hop(r).0, hop(r).1)).collect();
+    (by_p99[by_p99.len() / 2], all.join(", "))
+}
+
+/// p50 and p99 of [`E2E`].
+fn hop(r: &verify::Report) -> (i64, i64) {
+    r.latency.iter().find(|l| l.hop == E2E).map_or((0, 0), |l| (l.p50_ms, l.p99_ms))
+}
+
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     let step = env("BENCH_STEP_SECS", 30);
@@ -93,38 +183,37 @@ async fn main() {
         .collect();
     let machine = keyflow_e2e::bench::machine();
 
-    // 1. Latency at the target rate, after a warm-up.
-    let dir = tempfile::tempdir().unwrap();
-    let s = stack(dir.path()).await;
-    let mut p = pipeline(&s, dir.path()).await;
-    // One load run: the first WARM_UP_SECS (generator start-up, the workers'
-    // first fetches) are not measured.
-    let measured_from = keyflow_producers::run::now_ms() + WARM_UP_SECS as i64 * 1000;
-    load(&s, latency_rate, WARM_UP_SECS + step, 1).await;
-    assert!(p.wait_drained(&TopicNames::default(), Duration::from_secs(600)).await.unwrap(), "drained");
-    p.stop(Duration::from_secs(10)).await;
-    let codec = Codec::new(&RegistryConfig::new(&s.registry.registry)).unwrap();
-    let settings = verify::Settings {
-        names: TopicNames::default(),
-        rules: RuleArgs::default(),
-        latency_from_ms: Some(measured_from),
-    };
-    let report = verify::verify(&s.kafka, &codec, &settings, |_| {}).await.unwrap();
-    assert!(report.ok, "{}", report.text());
-    s.down().await;
-    let mut latency_rows = String::new();
-    let mut e2e = (0, 0);
-    for l in &report.latency {
-        latency_rows.push_str(&format!("| {} | {} | {} | {} |\n", l.hop, l.count, l.p50_ms, l.p99_ms));
-        if l.hop == "OrderPlaced → PointsAwarded" {
-            e2e = (l.p50_ms, l.p99_ms);
-        }
+    // 1. Latency at the target rate, after a warm-up, in interleaved rounds
+    // (one run swings by 2-3x on a noisy machine). The same on librdkafka's
+    // mock cluster: a broker that answers a fetch as soon as it has data and
+    // keeps records in memory, so what is left is the pipeline's own latency
+    // (infra/BROKER-NOTES.md: the embedded broker's storage lane and fetch
+    // sleeps).
+    let rounds = env("BENCH_LATENCY_ROUNDS", 3).max(1);
+    let (mut on_tansu, mut on_mock) = (vec![], vec![]);
+    for round in 1..=rounds {
+        let dir = tempfile::tempdir().unwrap();
+        let s = stack(dir.path()).await;
+        on_tansu.push(latency(&Cluster::from(&s), dir.path(), latency_rate, step).await);
+        s.down().await;
+        let dir = tempfile::tempdir().unwrap();
+        let (mock, _registry) = mock_cluster(dir.path()).await;
+        on_mock.push(latency(&mock, dir.path(), latency_rate, step).await);
+        let (t, m) = (hop(on_tansu.last().unwrap()), hop(on_mock.last().unwrap()));
+        eprintln!(
+            "latency round {round} at {latency_rate}/s: p50/p99 {}/{} ms embedded, {}/{} ms mock",
+            t.0, t.1, m.0, m.1
+        );
     }
-    eprintln!("latency at {latency_rate}/s: p50 {} ms, p99 {} ms", e2e.0, e2e.1);
+    let (report, tansu_rounds) = median_round(&on_tansu);
+    let (mock_report, mock_rounds) = median_round(&on_mock);
+    let (latency_rows, e2e) = (rows(report), hop(report));
+    let (mock_rows, mock_e2e) = (rows(mock_report), hop(mock_report));
 
     // 2. Steps up until the lag grows.
     let dir = tempfile::tempdir().unwrap();
-    let s = stack(dir.path()).await;
+    let stack = stack(dir.path()).await;
+    let s = Cluster::from(&stack);
     let mut p = pipeline(&s, dir.path()).await;
     let mut step_rows = String::new();
     let mut best: Option<(u64, BTreeMap<&str, f64>)> = None;
@@ -157,7 +246,7 @@ async fn main() {
         p.wait_drained(&TopicNames::default(), Duration::from_secs(300)).await.unwrap();
     }
     p.stop(Duration::from_secs(10)).await;
-    s.down().await;
+    stack.down().await;
     let (best_rate, best_workers) = best.unwrap_or((0, BTreeMap::new()));
     let worker_cells: Vec<String> = best_workers.iter().map(|(w, r)| format!("{w} {r:.0}")).collect();
 
@@ -166,15 +255,22 @@ async fn main() {
          `cargo build --release --bins && cargo bench -p keyflow-e2e --bench pipeline_throughput` (BENCH_STEP_SECS={step}, BENCH_LATENCY_RATE={latency_rate}), \
          release build on {machine}: the four workers × 2 instances, 6 partitions, embedded Tansu (SQLite), property events at a tenth of the order rate, \
          all on the same 2 cores. Latency is from record timestamps (producer create time of cause and output), measured by `devstack verify` \
-         over {step} s at {latency_rate} orders/s, from {WARM_UP_SECS} s into one load run; the verifier found {} violations.\n\n\
+         over {step} s at {latency_rate} orders/s, from {WARM_UP_SECS} s into one load run; {rounds} rounds, each on a fresh stack, \
+         alternating with the mock cluster below; the table is the round with the median p99 (OrderPlaced → PointsAwarded p50/p99 of each round: {tansu_rounds} ms); \
+         the verifier found 0 violations in every round.\n\n\
          | hop | count | p50 ms | p99 ms |\n|---|---|---|---|\n{latency_rows}\n\
          **OrderPlaced → PointsAwarded at {latency_rate} orders/s: p50 {} ms, p99 {} ms** (target p99 ≤ 300 ms).\n\n\
+         The same run on librdkafka's mock cluster (in memory; it answers a fetch as soon as it has data, like Kafka), \
+         which leaves the pipeline's own latency — the workers, generators, registry and broker still share the 2 cores:\n\n\
+         | hop | count | p50 ms | p99 ms |\n|---|---|---|---|\n{mock_rows}\n\
+         **On the mock cluster: p50 {} ms, p99 {} ms** (median round; each round: {mock_rounds} ms).\n\n\
          Sustained rate: each step runs {step} s; sustained when the workers' total lag grew by less than one second of input.\n\n\
          | orders/s | lag growth (records) | sustained | consumed events/s per worker |\n|---|---|---|---|\n{step_rows}\n\
          **Highest sustained order rate: {best_rate}/s**; per worker at that rate: {}.\n",
-        report.violation_count,
         e2e.0,
         e2e.1,
+        mock_e2e.0,
+        mock_e2e.1,
         worker_cells.join(", "),
     );
     keyflow_e2e::bench::write_section("pipeline-throughput", &body);
