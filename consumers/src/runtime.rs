@@ -997,8 +997,9 @@ impl<W: Worker> Runtime<W> {
     /// order within each input partition; the tasks decide one after the
     /// other, then write together). Returns the group offsets that may be
     /// committed now: those of batches whose outputs are acknowledged.
-    /// `Stopping` when shutdown interrupted a decision (the tasks decided
-    /// before it are written, their offsets left uncommitted).
+    /// `Stopping` when shutdown interrupted a decision: the tasks decided
+    /// before it are written, and the drain commits their offsets once
+    /// their outputs are acknowledged.
     async fn run_tasks(
         &self,
         by_task: BTreeMap<i32, Vec<&BorrowedMessage<'_>>>,

@@ -371,9 +371,10 @@ impl Ctx<'_> {
 }
 
 fn cause_of(r: &RawRecord) -> Option<(String, i64)> {
-    let value = r.header(headers::CAUSE)?;
-    let (topic, _, offset) = headers::parse_cause(&value)?;
-    Some((topic.to_string(), offset))
+    match r.header(headers::CAUSE) {
+        Some(value) => headers::parse_cause(&value).map(|(topic, _, offset)| (topic.to_string(), offset)),
+        None => Some((r.header(headers::LEGACY_CAUSE_TOPIC)?, r.header(headers::LEGACY_CAUSE_OFFSET)?.parse().ok()?)),
+    }
 }
 
 /// Record timestamps of one input partition, by offset.
@@ -1085,6 +1086,25 @@ pub async fn verify(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_output_names_its_cause_in_one_header_or_in_the_three_older_ones() {
+        let record = |hs: &[(&str, &str)]| RawRecord {
+            partition: 0,
+            offset: 0,
+            timestamp: None,
+            key: None,
+            headers: hs.iter().map(|(k, v)| (k.to_string(), Some(v.as_bytes().to_vec()))).collect(),
+            payload: None,
+        };
+        let cause = headers::cause("orders", 3, 1234);
+        assert_eq!(cause_of(&record(&[(headers::CAUSE, &cause)])), Some(("orders".into(), 1234)));
+        let legacy =
+            [(headers::LEGACY_CAUSE_TOPIC, "orders"), ("cause.partition", "3"), (headers::LEGACY_CAUSE_OFFSET, "1234")];
+        assert_eq!(cause_of(&record(&legacy)), Some(("orders".into(), 1234)));
+        assert_eq!(cause_of(&record(&[(headers::CAUSE, "orders:3")])), None);
+        assert_eq!(cause_of(&record(&[])), None);
+    }
 
     fn order(total: i64, at: i64) -> OrderPlaced {
         let AnyEvent::Order(OrderEvent::OrderPlaced(mut o)) =

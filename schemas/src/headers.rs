@@ -10,6 +10,10 @@ pub const TRACEPARENT: &str = "traceparent";
 /// header, so each header costs it about as much as a record
 /// (infra/BROKER-NOTES.md).
 pub const CAUSE: &str = "cause";
+/// The three headers outputs carried before [`CAUSE`] (still read: a
+/// restore re-publishes an older changelog's outputs byte for byte).
+pub const LEGACY_CAUSE_TOPIC: &str = "cause.topic";
+pub const LEGACY_CAUSE_OFFSET: &str = "cause.offset";
 
 /// On every DLQ record: why it could not be processed and where it came from.
 pub const ERROR_CLASS: &str = "error.class";

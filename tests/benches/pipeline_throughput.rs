@@ -25,7 +25,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use keyflow_e2e::bench::{bin, env};
+use keyflow_e2e::bench::{bin, cpu_ticks, env, steal_percent};
 use keyflow_infra::pipeline::{group_positions, Bins, GroupPosition, Pipeline, WORKERS};
 use keyflow_infra::stack::{Stack, StackOptions};
 use keyflow_infra::verify;
@@ -159,11 +159,13 @@ fn rows(r: &verify::Report) -> String {
     r.latency.iter().map(|l| format!("| {} | {} | {} | {} |\n", l.hop, l.count, l.p50_ms, l.p99_ms)).collect()
 }
 
-/// The round whose [`E2E`] p99 is the median, and every round's p50/p99.
-fn median_round(reports: &[verify::Report]) -> (&verify::Report, String) {
-    let mut by_p99: Vec<&verify::Report> = reports.iter().collect();
+/// The round whose [`E2E`] p99 is the median, and every round's p50/p99
+/// with the CPU share the hypervisor took during it.
+fn median_round(rounds: &[(verify::Report, f64)]) -> (&verify::Report, String) {
+    let mut by_p99: Vec<&verify::Report> = rounds.iter().map(|(r, _)| r).collect();
     by_p99.sort_by_key(|r| hop(r).1);
-    let all: Vec<String> = reports.iter().map(|r| format!("{}/{}", hop(r).0, hop(r).1)).collect();
+    let all: Vec<String> =
+        rounds.iter().map(|(r, steal)| format!("{}/{} ms (steal {steal:.0}%)", hop(r).0, hop(r).1)).collect();
     (by_p99[by_p99.len() / 2], all.join(", "))
 }
 
@@ -182,6 +184,10 @@ async fn main() {
         .filter_map(|r| r.trim().parse().ok())
         .collect();
     let machine = keyflow_e2e::bench::machine();
+    let flags: String = ["BENCH_WORKER_ARGS", "BENCH_PRODUCER_ARGS"]
+        .iter()
+        .filter_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()).map(|v| format!(", {k}=\"{v}\"")))
+        .collect();
 
     // 1. Latency at the target rate, after a warm-up, in interleaved rounds
     // (one run swings by 2-3x on a noisy machine). The same on librdkafka's
@@ -194,14 +200,19 @@ async fn main() {
     for round in 1..=rounds {
         let dir = tempfile::tempdir().unwrap();
         let s = stack(dir.path()).await;
-        on_tansu.push(latency(&Cluster::from(&s), dir.path(), latency_rate, step).await);
+        let before = cpu_ticks();
+        let report = latency(&Cluster::from(&s), dir.path(), latency_rate, step).await;
+        on_tansu.push((report, steal_percent(before, cpu_ticks())));
         s.down().await;
         let dir = tempfile::tempdir().unwrap();
         let (mock, _registry) = mock_cluster(dir.path()).await;
-        on_mock.push(latency(&mock, dir.path(), latency_rate, step).await);
-        let (t, m) = (hop(on_tansu.last().unwrap()), hop(on_mock.last().unwrap()));
+        let before = cpu_ticks();
+        let report = latency(&mock, dir.path(), latency_rate, step).await;
+        on_mock.push((report, steal_percent(before, cpu_ticks())));
+        let ((t, ts), (m, ms)) = (on_tansu.last().unwrap(), on_mock.last().unwrap());
+        let (t, m) = (hop(t), hop(m));
         eprintln!(
-            "latency round {round} at {latency_rate}/s: p50/p99 {}/{} ms embedded, {}/{} ms mock",
+            "latency round {round} at {latency_rate}/s: p50/p99 {}/{} ms embedded (steal {ts:.0}%), {}/{} ms mock (steal {ms:.0}%)",
             t.0, t.1, m.0, m.1
         );
     }
@@ -219,9 +230,10 @@ async fn main() {
     let mut best: Option<(u64, BTreeMap<&str, f64>)> = None;
     for (i, rate) in rates.iter().enumerate() {
         let before = positions(&s);
-        let started = Instant::now();
+        let (started, ticks) = (Instant::now(), cpu_ticks());
         load(&s, *rate, step, 10 + i as u64).await;
         let secs = started.elapsed().as_secs_f64();
+        let steal = steal_percent(ticks, cpu_ticks());
         let after = positions(&s);
         let growth = total_lag(&after) - total_lag(&before);
         // Inputs per second of all groups at this rate: orders feed payment and
@@ -232,9 +244,9 @@ async fn main() {
         let rates_by_worker: BTreeMap<&str, f64> =
             after.iter().map(|(w, (_, d))| (*w, (d - before[w].1) as f64 / secs)).collect();
         let cells: Vec<String> = rates_by_worker.iter().map(|(w, r)| format!("{w} {r:.0}")).collect();
-        eprintln!("{rate}/s: lag growth {growth}, sustained {sustained}, {}", cells.join(", "));
+        eprintln!("{rate}/s: lag growth {growth}, sustained {sustained}, steal {steal:.0}%, {}", cells.join(", "));
         step_rows.push_str(&format!(
-            "| {rate} | {growth} | {} | {} |\n",
+            "| {rate} | {growth} | {} | {steal:.0}% | {} |\n",
             if sustained { "yes" } else { "no" },
             cells.join(", ")
         ));
@@ -252,20 +264,20 @@ async fn main() {
 
     let body = format!(
         "## Pipeline: end-to-end latency and sustained rate\n\n\
-         `cargo build --release --bins && cargo bench -p keyflow-e2e --bench pipeline_throughput` (BENCH_STEP_SECS={step}, BENCH_LATENCY_RATE={latency_rate}), \
+         `cargo build --release --bins && cargo bench -p keyflow-e2e --bench pipeline_throughput` (BENCH_STEP_SECS={step}, BENCH_LATENCY_RATE={latency_rate}{flags}), \
          release build on {machine}: the four workers × 2 instances, 6 partitions, embedded Tansu (SQLite), property events at a tenth of the order rate, \
          all on the same 2 cores. Latency is from record timestamps (producer create time of cause and output), measured by `devstack verify` \
          over {step} s at {latency_rate} orders/s, from {WARM_UP_SECS} s into one load run; {rounds} rounds, each on a fresh stack, \
-         alternating with the mock cluster below; the table is the round with the median p99 (OrderPlaced → PointsAwarded p50/p99 of each round: {tansu_rounds} ms); \
+         alternating with the mock cluster below; the table is the round with the median p99 (OrderPlaced → PointsAwarded p50/p99 of each round, and the share of CPU time the hypervisor took from this VM meanwhile: {tansu_rounds}); \
          the verifier found 0 violations in every round.\n\n\
          | hop | count | p50 ms | p99 ms |\n|---|---|---|---|\n{latency_rows}\n\
          **OrderPlaced → PointsAwarded at {latency_rate} orders/s: p50 {} ms, p99 {} ms** (target p99 ≤ 300 ms).\n\n\
          The same run on librdkafka's mock cluster (in memory; it answers a fetch as soon as it has data, like Kafka), \
          which leaves the pipeline's own latency — the workers, generators, registry and broker still share the 2 cores:\n\n\
          | hop | count | p50 ms | p99 ms |\n|---|---|---|---|\n{mock_rows}\n\
-         **On the mock cluster: p50 {} ms, p99 {} ms** (median round; each round: {mock_rounds} ms).\n\n\
+         **On the mock cluster: p50 {} ms, p99 {} ms** (median round; each round: {mock_rounds}).\n\n\
          Sustained rate: each step runs {step} s; sustained when the workers' total lag grew by less than one second of input.\n\n\
-         | orders/s | lag growth (records) | sustained | consumed events/s per worker |\n|---|---|---|---|\n{step_rows}\n\
+         | orders/s | lag growth (records) | sustained | CPU steal | consumed events/s per worker |\n|---|---|---|---|---|\n{step_rows}\n\
          **Highest sustained order rate: {best_rate}/s**; per worker at that rate: {}.\n",
         e2e.0,
         e2e.1,

@@ -153,6 +153,26 @@ pub mod bench {
         format!("{cores} cores, {cpu}")
     }
 
+    /// The machine's CPU time so far, in ticks: (stolen by the hypervisor, total).
+    /// On a shared VM, steal is what makes one run twice as slow as the next.
+    pub fn cpu_ticks() -> (u64, u64) {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let fields: Vec<u64> =
+            stat.lines().next().unwrap_or("").split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
+        // user nice system idle iowait irq softirq steal (guest time is inside user).
+        (fields.get(7).copied().unwrap_or(0), fields.iter().take(8).sum())
+    }
+
+    /// Percent of the CPU time between two [`cpu_ticks`] readings that the
+    /// hypervisor took.
+    pub fn steal_percent(before: (u64, u64), after: (u64, u64)) -> f64 {
+        let total = after.1.saturating_sub(before.1);
+        if total == 0 {
+            return 0.0;
+        }
+        100.0 * after.0.saturating_sub(before.0) as f64 / total as f64
+    }
+
     /// Replaces (or appends) the section between `<!-- name -->` markers.
     pub fn write_section(name: &str, body: &str) {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../BENCHMARKS.md");
