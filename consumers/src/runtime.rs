@@ -993,39 +993,30 @@ struct Runtime<W: Worker> {
 }
 
 impl<W: Worker> Runtime<W> {
-    /// Decides, records and publishes each task's share of a batch (offset
-    /// order within each input partition; the tasks decide one after the
-    /// other, then write together). Returns the group offsets that may be
-    /// committed now: those of batches whose outputs are acknowledged.
-    /// `Stopping` when shutdown interrupted a decision: the tasks decided
-    /// before it are written, and the drain commits their offsets once
-    /// their outputs are acknowledged.
+    /// Decides, records and publishes each task's share of a batch, one task
+    /// after the other (offset order within each input partition). Returns
+    /// the group offsets that may be committed now: those of batches whose
+    /// outputs are acknowledged. `Stopping` when shutdown interrupted a
+    /// decision: the tasks before it are written, and the drain commits
+    /// their offsets once their outputs are acknowledged.
     async fn run_tasks(
         &self,
         by_task: BTreeMap<i32, Vec<&BorrowedMessage<'_>>>,
         stop: &mut watch::Receiver<bool>,
     ) -> anyhow::Result<Vec<GroupOffset>> {
-        let mut decided = Vec::with_capacity(by_task.len());
-        let mut stopping = None;
+        let mut committable = vec![];
         for (p, msgs) in by_task {
             match self.decide(p, &msgs, stop).await {
-                Ok(d) => decided.extend(d),
+                Ok(Some(d)) => committable.extend(self.write(d).await?),
+                Ok(None) => {}
                 Err(e) if e.is::<Stopping>() => {
                     tracing::info!(partition = p, "shutdown during an outage: the batch is left to the next owner");
-                    stopping = Some(e);
-                    break;
+                    return Err(e);
                 }
                 Err(e) => return Err(e),
             }
         }
-        // The tasks' writes overlap, so a batch waits for one changelog round
-        // trip instead of one per partition (and the producer sends the
-        // partitions' records together).
-        let written = futures::future::try_join_all(decided.into_iter().map(|d| self.write(d))).await?;
-        match stopping {
-            Some(e) => Err(e),
-            None => Ok(written.into_iter().flatten().collect()),
-        }
+        Ok(committable)
     }
 
     /// Decodes, decides and encodes one task's share of a batch: everything
