@@ -45,10 +45,15 @@ pub async fn init(
 ) -> anyhow::Result<InitReport> {
     let specs = topics::catalog().specs(partitions);
     let topics = kafka::create_topics(kafka, &specs, replication_factor).await?;
+    let subjects = register_schemas(registry).await?;
+    Ok(InitReport { topics, subjects })
+}
+
+/// Registers every schema (BACKWARD policy) once the registry answers.
+pub async fn register_schemas(registry: &RegistryArgs) -> anyhow::Result<Vec<Registered>> {
     let admin = RegistryAdmin::new(registry.config().map_err(anyhow::Error::msg)?)?;
     admin.wait_ready(Duration::from_secs(30)).await?;
-    let subjects = admin.register_all(|t| t.to_string()).await?;
-    Ok(InitReport { topics, subjects })
+    Ok(admin.register_all(|t| t.to_string()).await?)
 }
 
 /// The running embedded stack.

@@ -30,7 +30,6 @@ use keyflow_infra::pipeline::{group_positions, Bins, GroupPosition, Pipeline, WO
 use keyflow_infra::stack::{Stack, StackOptions};
 use keyflow_infra::verify;
 use keyflow_schemas::client::{KafkaArgs, RegistryArgs};
-use keyflow_schemas::registry_admin::RegistryAdmin;
 use keyflow_schemas::rules::RuleArgs;
 use keyflow_schemas::topics::{self, TopicNames};
 use keyflow_schemas::{Codec, RegistryConfig};
@@ -134,9 +133,7 @@ async fn mock_cluster(dir: &std::path::Path) -> (Cluster, impl Drop) {
     let port = keyflow_infra::pipeline::free_port().unwrap();
     let (url, stop, _task) = keyflow_infra::stack::start_registry(&dir.join("registry"), port).await.unwrap();
     let registry = RegistryArgs { registry: url, registry_auth: None };
-    let admin = RegistryAdmin::new(registry.config().unwrap()).unwrap();
-    admin.wait_ready(Duration::from_secs(30)).await.unwrap();
-    admin.register_all(|t| t.to_string()).await.unwrap();
+    keyflow_infra::stack::register_schemas(&registry).await.unwrap();
     let kafka = KafkaArgs::new(mock.bootstrap_servers());
     (Cluster { kafka, registry }, MockGuard { _mock: mock, stop: Some(stop) })
 }
