@@ -50,7 +50,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use tokio::sync::watch;
 
-use crate::changelog::{self, Entry, OutboxRecord, SNAPSHOT_HEADER};
+use crate::changelog::{self, Entry, OutboxRecord, Record, RestoreError, LINEAGE_HEADER, SNAPSHOT_HEADER};
 use crate::keyed::KeyedRunner;
 use crate::metrics::{self, WorkerMetrics};
 use crate::task::{process_batch, Input, KeyDelta, KeyState, Outcome, Worker};
@@ -120,6 +120,9 @@ pub struct RuntimeConfig {
     /// whichever is larger), so a restore reads at most about twice the state.
     pub snapshot_interval_bytes: u64,
     pub guarantee: Guarantee,
+    /// Write a batch's partition tasks one after the other, not together
+    /// (A/B measurements).
+    pub serial_task_writes: bool,
 }
 
 impl RuntimeConfig {
@@ -170,6 +173,9 @@ struct Task<S> {
     checkpoint: BTreeMap<String, i64>,
     /// Offset of the first part of the latest complete snapshot.
     snapshot: Option<i64>,
+    /// The offset of this owner's claim on the partition (see
+    /// [`changelog::Entry::Claim`]); every record it writes carries it.
+    lineage: Option<i64>,
     /// Changelog bytes written since that snapshot, and the snapshot's size.
     since_snapshot: u64,
     snapshot_bytes: u64,
@@ -178,6 +184,47 @@ struct Task<S> {
     /// The last batch, recorded and handed to the producer, whose outputs
     /// are not acknowledged yet (effectively-once only).
     unacked: Option<Unacked>,
+    /// What this owner wrote to its changelog partition since it last made
+    /// sure nobody else claimed it.
+    ownership: Ownership,
+}
+
+/// An owner's own records in its changelog partition since `verified`, the
+/// offset up to which it has checked that no other owner claimed the
+/// partition. When they fill every offset up to a snapshot's last part, the
+/// check costs nothing; otherwise the gap is read (see [`Runtime::still_owner`]).
+#[derive(Default)]
+struct Ownership {
+    verified: i64,
+    /// Own records known to be acknowledged above `verified`.
+    written: u64,
+    /// Own records queued without waiting (published markers).
+    queued: Vec<rdkafka::producer::DeliveryFuture>,
+}
+
+impl Ownership {
+    fn new(claim: i64) -> Self {
+        Ownership { verified: claim, written: 0, queued: vec![] }
+    }
+
+    /// A record queued without waiting: counted once acknowledged.
+    fn wrote_later(&mut self, delivery: rdkafka::producer::DeliveryFuture) {
+        self.reap();
+        self.queued.push(delivery);
+    }
+
+    /// Counts the queued records already answered.
+    fn reap(&mut self) {
+        let mut pending = Vec::with_capacity(self.queued.len());
+        for mut d in self.queued.drain(..) {
+            match futures::FutureExt::now_or_never(&mut d) {
+                Some(Ok(Ok(_))) => self.written += 1,
+                Some(_) => {}
+                None => pending.push(d),
+            }
+        }
+        self.queued = pending;
+    }
 }
 
 /// A recorded batch whose outputs are being published. It is marked
@@ -194,7 +241,20 @@ struct Unacked {
 /// One input partition's next offset, for the group commit.
 type GroupOffset = (String, i32, i64);
 
+/// The headers every changelog record of a task carries.
+#[derive(Debug, Clone, Copy, Default)]
+struct Stamp {
+    /// [`SNAPSHOT_HEADER`]: where a restore starts.
+    snapshot: Option<i64>,
+    /// [`LINEAGE_HEADER`]: the writer's claim.
+    lineage: Option<i64>,
+}
+
 impl<S> Task<S> {
+    fn stamp(&self) -> Stamp {
+        Stamp { snapshot: self.snapshot, lineage: self.lineage }
+    }
+
     /// A task without history: it starts at the group's committed offsets.
     fn empty() -> Self {
         Task {
@@ -202,6 +262,8 @@ impl<S> Task<S> {
             next_batch: 1,
             checkpoint: BTreeMap::new(),
             snapshot: None,
+            lineage: None,
+            ownership: Ownership::default(),
             since_snapshot: 0,
             snapshot_bytes: 0,
             pending: 0,
@@ -325,8 +387,8 @@ impl<W: Worker> Ctx<W> {
         let mut committable = vec![];
         let mut marked = false;
         for p in &released {
-            let Some(task) = tasks.remove(p) else { continue };
-            let Some(u) = task.unacked else { continue };
+            let Some(mut task) = tasks.remove(p) else { continue };
+            let Some(u) = task.unacked.take() else { continue };
             // Never wait here: what the flush did not deliver stays unmarked.
             let acked =
                 u.deliveries.into_iter().all(|d| matches!(futures::FutureExt::now_or_never(d), Some(Ok(Ok(_)))));
@@ -335,7 +397,7 @@ impl<W: Worker> Ctx<W> {
             }
             committable.extend(u.offsets);
             if self.cfg.guarantee.records() {
-                marked |= queue_published(&self.producer, &self.state_topic, *p, u.batch, task.snapshot).is_some();
+                marked |= queue_published(&self.producer, &self.state_topic, *p, u.batch, task.stamp()).is_some();
             }
         }
         if marked {
@@ -401,7 +463,7 @@ fn restore_with_retry<W: Worker>(
     loop {
         match restore_task(worker, cfg, p, metrics) {
             Ok(r) => return Ok(r),
-            Err(e) if started.elapsed() < RESTORE_PATIENCE => {
+            Err(e) if started.elapsed() < RESTORE_PATIENCE && !e.is::<Unrestorable>() => {
                 metrics.retries.with_label_values(&[metrics::RETRY_RESTORE]).inc();
                 tracing::warn!(partition = p, error = %format!("{e:#}"), retry_in = ?delay, "restore failed; retrying");
                 std::thread::sleep(delay);
@@ -515,10 +577,15 @@ impl<'a> ChangelogReader<'a> {
     }
 }
 
-impl Iterator for ChangelogReader<'_> {
-    type Item = Entry;
+/// A changelog record header holding an offset.
+fn offset_header(m: &BorrowedMessage<'_>, name: &str) -> Option<i64> {
+    m.headers()?.iter().find(|h| h.key == name).and_then(|h| std::str::from_utf8(h.value?).ok()?.parse().ok())
+}
 
-    fn next(&mut self) -> Option<Entry> {
+impl Iterator for ChangelogReader<'_> {
+    type Item = Record;
+
+    fn next(&mut self) -> Option<Record> {
         let (topic, p) = (self.topic, self.p);
         while self.next < self.to && self.error.is_none() {
             if Instant::now() > self.deadline {
@@ -533,11 +600,7 @@ impl Iterator for ChangelogReader<'_> {
                 Some(Ok(m)) if (self.next..self.to).contains(&m.offset()) => {
                     self.next = m.offset() + 1;
                     self.advanced = Instant::now();
-                    self.pointer = m.headers().and_then(|h| {
-                        h.iter()
-                            .find(|h| h.key == SNAPSHOT_HEADER)
-                            .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse().ok())
-                    });
+                    self.pointer = offset_header(&m, SNAPSHOT_HEADER);
                     let Some(v) = m.payload() else { continue };
                     match serde_json::from_slice::<Entry>(v) {
                         Ok(entry) => {
@@ -551,7 +614,8 @@ impl Iterator for ChangelogReader<'_> {
                             if self.in_leading_snapshot {
                                 self.snapshot_bytes += v.len() as u64;
                             }
-                            return Some(entry);
+                            let lineage = offset_header(&m, LINEAGE_HEADER);
+                            return Some(Record { offset: m.offset(), lineage, pointer: self.pointer, entry });
                         }
                         Err(e) => self.error = Some(anyhow::anyhow!("{topic}[{p}] offset {}: {e}", m.offset())),
                     }
@@ -580,10 +644,117 @@ impl Iterator for ChangelogReader<'_> {
     }
 }
 
-/// Rebuilds partition `p`'s task from its changelog — from the latest
-/// snapshot the last record points at, or from the beginning when there is
-/// none (or it cannot be used) — and re-publishes what was decided but not
-/// published.
+/// A changelog partition as a restore reads it: every read has a consumer
+/// of its own (a reused one could report the previous read's position), and
+/// what they read is counted.
+struct ChangelogSource<'a> {
+    cfg: &'a RuntimeConfig,
+    topic: &'a str,
+    p: i32,
+    metrics: &'a WorkerMetrics,
+    /// Reads stop at the last stable offset and skip commit markers.
+    txn: bool,
+    /// The consumer that asked for the watermarks has read nothing yet: the
+    /// first read takes it.
+    unread: Option<BaseConsumer>,
+    low: i64,
+    high: i64,
+    /// Records and bytes read by the restore proper; bytes of the snapshot it started with.
+    records: u64,
+    bytes: u64,
+    snapshot_bytes: u64,
+}
+
+impl<'a> ChangelogSource<'a> {
+    fn open(cfg: &'a RuntimeConfig, topic: &'a str, p: i32, metrics: &'a WorkerMetrics) -> anyhow::Result<Self> {
+        // read_committed (the reader's default): `high` is the last stable offset.
+        let asked = Self::client(cfg)?;
+        let (low, high) = asked.fetch_watermarks(topic, p, Duration::from_secs(30))?;
+        let txn = cfg.guarantee == Guarantee::ExactlyOnce;
+        Ok(ChangelogSource {
+            cfg,
+            topic,
+            p,
+            metrics,
+            txn,
+            unread: Some(asked),
+            low,
+            high,
+            records: 0,
+            bytes: 0,
+            snapshot_bytes: 0,
+        })
+    }
+
+    fn client(cfg: &RuntimeConfig) -> anyhow::Result<BaseConsumer> {
+        Ok(keyflow_schemas::kafka::reader_config(&cfg.kafka, "keyflow-restore")?.create()?)
+    }
+
+    fn reader(&mut self, (from, to): (i64, i64), from_snapshot: bool) -> anyhow::Result<ChangelogReader<'a>> {
+        let consumer = match self.unread.take() {
+            Some(c) => c,
+            None => Self::client(self.cfg)?,
+        };
+        ChangelogReader::open(consumer, self.topic, self.p, (from, to), from_snapshot, self.txn)
+    }
+
+    /// Where the restore starts: the snapshot pointer of the last record (in
+    /// a transactional changelog the last offsets may be commit markers or
+    /// aborted records, so more are read, then more, before settling for the
+    /// beginning); `None` when there is no snapshot or it lies below the log
+    /// start.
+    fn start_pointer(&mut self) -> anyhow::Result<Option<i64>> {
+        let tails: &[i64] = if self.txn { &TXN_POINTER_TAILS } else { &[1] };
+        let (low, high) = (self.low, self.high);
+        for tail in tails {
+            if high <= low {
+                break;
+            }
+            let from = (high - tail).max(low);
+            let mut last = self.reader((from, high), false)?;
+            last.by_ref().for_each(drop);
+            if let Some(pointer) = last.finish()?.pointer {
+                return Ok(Some(pointer).filter(|o| (low..high).contains(o)));
+            }
+            if from == low {
+                break;
+            }
+        }
+        Ok(None)
+    }
+}
+
+impl changelog::Source for ChangelogSource<'_> {
+    fn low(&self) -> i64 {
+        self.low
+    }
+
+    fn read(&mut self, from: Option<i64>, to: i64, each: &mut dyn FnMut(Record) -> bool) -> Result<(), RestoreError> {
+        let first = self.records == 0;
+        let start = from.unwrap_or(self.low);
+        let mut reader = self.reader((start, to), from.is_some()).map_err(RestoreError::Read)?.counting(self.metrics);
+        for record in reader.by_ref() {
+            if !each(record) {
+                break;
+            }
+        }
+        let reader = reader.finish().map_err(RestoreError::Read)?;
+        self.records += reader.records;
+        self.bytes += reader.bytes;
+        if first {
+            self.snapshot_bytes = reader.snapshot_bytes;
+        }
+        Ok(())
+    }
+}
+
+/// Rebuilds partition `p`'s task from its changelog and claims the
+/// partition: finds the latest snapshot (the pointer in the last record),
+/// appends an [`Entry::Claim`] so that whatever a previous owner still writes
+/// is skipped by every later restore, reads from the snapshot up to the
+/// claim under the rules of [`changelog::restore`], and re-publishes what was
+/// decided but not published. A changelog that breaks the protocol stops
+/// the task with the reason: it never runs on a state older than its checkpoint.
 fn restore_task<W: Worker>(
     worker: &W,
     cfg: &RuntimeConfig,
@@ -593,111 +764,76 @@ fn restore_task<W: Worker>(
     let name = worker.name();
     let started = Instant::now();
     let topic = cfg.names.get(&state_topic(name));
-    let client = || -> anyhow::Result<BaseConsumer> {
-        Ok(keyflow_schemas::kafka::reader_config(&cfg.kafka, "keyflow-restore")?.create()?)
-    };
-    // read_committed (the reader's default): `high` is the last stable offset.
-    // The consumer that asked has read nothing yet: the first read takes it.
-    let asked = client()?;
-    let (low, high) = asked.fetch_watermarks(&topic, p, Duration::from_secs(30))?;
-    let mut unread = Some(asked);
-    let mut reader_client = || unread.take().map_or_else(client, Ok);
-    // Every record points at the latest snapshot; the last one is read. In a
-    // transactional changelog the last offsets may be commit markers or
-    // aborted records (a rolled-back snapshot): a few more are read, then
-    // more, before the restore settles for reading from the beginning.
-    let txn = cfg.guarantee == Guarantee::ExactlyOnce;
-    let tails: &[i64] = if txn { &TXN_POINTER_TAILS } else { &[1] };
-    let mut pointer = None;
-    for tail in tails {
-        if high <= low {
-            break;
-        }
-        let from = (high - tail).max(low);
-        let mut last = ChangelogReader::open(reader_client()?, &topic, p, (from, high), false, txn)?;
-        last.by_ref().for_each(drop);
-        pointer = last.finish()?.pointer;
-        if pointer.is_some() || from == low {
-            break;
-        }
-    }
-    let mut from_snapshot = pointer.filter(|o| (low..high).contains(o));
-    let mut reader = ChangelogReader::open(
-        reader_client()?,
-        &topic,
-        p,
-        (from_snapshot.unwrap_or(low), high),
-        from_snapshot.is_some(),
-        txn,
-    )?
-    .counting(metrics);
-    let result = changelog::restore::<W::State>(reader.by_ref());
-    let mut reader = reader.finish()?;
-    let restored = match result {
+    let mut source = ChangelogSource::open(cfg, &topic, p, metrics)?;
+    let base = source.start_pointer()?;
+    // Outside any transaction: the claim stands whatever this owner does next.
+    let producer: FutureProducer = client_config(&cfg.kafka, PRODUCER_DEFAULTS)?.create()?;
+    let claim =
+        Outgoing::changelog(&topic, p, "__claim", &Entry::Claim { base }, Stamp { snapshot: base, lineage: None })?;
+    let claimed = futures::executor::block_on(async {
+        let d = enqueue(&producer, &claim).await?;
+        delivered(Some(d.await), format_args!("the claim on {topic}[{p}]"))
+    })?;
+    let restored = match changelog::restore::<W::State>(&mut source, base, claimed) {
         Ok(r) => r,
-        Err(e) if from_snapshot.is_some() => {
-            // A snapshot interleaved with another writer's records: read it all.
-            tracing::warn!(worker = name, partition = p, error = %e, "snapshot unusable; restoring from the beginning");
-            from_snapshot = None;
-            reader = ChangelogReader::open(client()?, &topic, p, (low, high), false, txn)?.counting(metrics);
-            let result = changelog::restore(reader.by_ref());
-            reader = reader.finish()?;
-            result?
-        }
-        Err(e) => return Err(e.into()),
+        Err(RestoreError::Read(e)) => return Err(e.context(format!("restoring {topic}[{p}]"))),
+        Err(corrupt) => return Err(Unrestorable(format!("{topic}[{p}]: {corrupt}")).into()),
     };
+    let stamp = Stamp { snapshot: base, lineage: Some(claimed) };
     let states = restored.states;
     let pending = states.values().map(|ks| worker.pending(&ks.state) as i64).sum();
     let republished = restored.unpublished.iter().map(|(_, o)| o.len() as u64).sum();
+    let mut ownership = Ownership::new(claimed);
     if !restored.unpublished.is_empty() {
-        let producer: rdkafka::producer::BaseProducer = client_config(&cfg.kafka, PRODUCER_DEFAULTS)?.create()?;
-        for (batch, outbox) in &restored.unpublished {
-            for o in outbox {
-                producer
-                    .send(
-                        rdkafka::producer::BaseRecord::to(&o.topic)
-                            .key(&o.key)
-                            .payload(&o.value)
-                            .headers(owned_headers(&o.headers)),
-                    )
-                    .map_err(|(e, _)| e)?;
+        futures::executor::block_on(async {
+            for (batch, outbox) in &restored.unpublished {
+                for o in outbox {
+                    enqueue(&producer, &Outgoing::outbox(o)).await?;
+                }
+                ownership.queued.push(enqueue(&producer, &Outgoing::published(&topic, p, *batch, stamp)?).await?);
+                tracing::warn!(
+                    worker = name,
+                    partition = p,
+                    batch,
+                    records = outbox.len(),
+                    "re-published an unpublished outbox"
+                );
             }
-            let marker = Outgoing::published(&topic, p, *batch, from_snapshot)?;
-            producer
-                .send(
-                    rdkafka::producer::BaseRecord::to(&topic)
-                        .partition(p)
-                        .key(marker.key)
-                        .payload(&marker.value)
-                        .headers(marker.headers),
-                )
-                .map_err(|(e, _)| e)?;
-            tracing::warn!(
-                worker = name,
-                partition = p,
-                batch,
-                records = outbox.len(),
-                "re-published an unpublished outbox"
-            );
-        }
+            anyhow::Ok(())
+        })?;
         producer.flush(Duration::from_secs(60))?;
     }
+    if restored.fenced > 0 {
+        tracing::warn!(
+            worker = name,
+            partition = p,
+            records = restored.fenced,
+            "skipped changelog records a previous owner wrote after losing the partition"
+        );
+    }
     tracing::info!(
-        worker = name, partition = p, keys = states.len(), records = reader.records, bytes = reader.bytes, from_snapshot = ?from_snapshot,
-        took = ?started.elapsed(), dropped_tail = restored.dropped_tail, "task restored"
+        worker = name, partition = p, keys = states.len(), records = source.records, bytes = source.bytes, from_snapshot = ?base,
+        claim = claimed, took = ?started.elapsed(), dropped_tail = restored.dropped_tail, "task restored"
     );
     let task = Task {
         states,
         next_batch: restored.last_batch + 1,
         checkpoint: restored.checkpoint,
-        snapshot: from_snapshot,
-        since_snapshot: reader.bytes - reader.snapshot_bytes,
-        snapshot_bytes: reader.snapshot_bytes,
+        snapshot: base,
+        lineage: Some(claimed),
+        ownership,
+        since_snapshot: source.bytes - source.snapshot_bytes,
+        snapshot_bytes: source.snapshot_bytes,
         pending,
         unacked: None,
     };
     Ok((task, RestoreStats { republished }))
 }
+
+/// A changelog that breaks the protocol: retrying the restore will not help.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot restore {0}; the task will not run on a state that would go back")]
+struct Unrestorable(String);
 
 /// Decodes a record into an [`Input`].
 async fn decode(codec: &Codec, m: &BorrowedMessage<'_>, names: &TopicNames) -> Result<Input, CodecError> {
@@ -780,18 +916,22 @@ impl<'a> Outgoing<'a> {
         }
     }
 
-    /// A changelog record; it carries the latest snapshot's offset (see [`SNAPSHOT_HEADER`]).
-    fn changelog(topic: &'a str, p: i32, key: &'a str, entry: &Entry, snapshot: Option<i64>) -> anyhow::Result<Self> {
-        let headers = match snapshot {
-            Some(o) => OwnedHeaders::new().insert(Header { key: SNAPSHOT_HEADER, value: Some(&o.to_string()) }),
-            None => OwnedHeaders::new(),
-        };
+    /// A changelog record; it carries the latest snapshot's offset and its
+    /// writer's lineage (see [`SNAPSHOT_HEADER`], [`LINEAGE_HEADER`]).
+    fn changelog(topic: &'a str, p: i32, key: &'a str, entry: &Entry, stamp: Stamp) -> anyhow::Result<Self> {
+        let mut headers = OwnedHeaders::new();
+        for (name, value) in [(SNAPSHOT_HEADER, stamp.snapshot), (LINEAGE_HEADER, stamp.lineage)] {
+            if let Some(o) = value {
+                headers = headers.insert(Header { key: name, value: Some(&o.to_string()) });
+            }
+        }
         Ok(Self { topic, partition: Some(p), key, value: serde_json::to_vec(entry)?, headers })
     }
 
     /// The marker saying batch `batch`'s outbox is published.
-    fn published(topic: &'a str, p: i32, batch: u64, snapshot: Option<i64>) -> anyhow::Result<Self> {
-        Self::changelog(topic, p, "__published", &Entry::Published { batch }, snapshot)
+    fn published(topic: &'a str, p: i32, batch: u64, stamp: Stamp) -> anyhow::Result<Self> {
+        let entry = Entry::Published { batch };
+        Self::changelog(topic, p, entry.record_key(), &entry, stamp)
     }
 
     fn record(&self) -> FutureRecord<'_, str, Vec<u8>> {
@@ -806,11 +946,17 @@ impl<'a> Outgoing<'a> {
 /// Queues the marker saying batch `batch` of partition `p` is published,
 /// without waiting for its acknowledgement: a lost marker only makes a restore
 /// re-publish the outbox byte for byte (copies consumers drop). Returns the
-/// marker's size, or `None` (logged) when it could not be queued.
-fn queue_published(producer: &FutureProducer, topic: &str, p: i32, batch: u64, snapshot: Option<i64>) -> Option<u64> {
-    let queued = match Outgoing::published(topic, p, batch, snapshot) {
+/// marker's size and delivery, or `None` (logged) when it could not be queued.
+fn queue_published(
+    producer: &FutureProducer,
+    topic: &str,
+    p: i32,
+    batch: u64,
+    stamp: Stamp,
+) -> Option<(u64, rdkafka::producer::DeliveryFuture)> {
+    let queued = match Outgoing::published(topic, p, batch, stamp) {
         Ok(m) => match producer.send_result(m.record()) {
-            Ok(_) => Ok(m.value.len() as u64),
+            Ok(d) => Ok((m.value.len() as u64, d)),
             Err((e, _)) => Err(e.to_string()),
         },
         Err(e) => Err(e.to_string()),
@@ -876,38 +1022,13 @@ fn decision_records<'a, S: serde::Serialize>(
     checkpoint: &BTreeMap<String, i64>,
     outbox: &[OutboxRecord],
     changed: &BTreeMap<String, KeyDelta<S>>,
-    snapshot: Option<i64>,
+    stamp: Stamp,
 ) -> anyhow::Result<Vec<Outgoing<'a>>> {
-    let mut states = BTreeMap::new();
-    for (key, ks) in changed {
-        states.insert(key.clone(), changelog::Raw::of(ks)?);
-    }
-    let commit =
-        |outbox: Vec<OutboxRecord>, states| Entry::Commit { batch, checkpoint: checkpoint.clone(), outbox, states };
-    let whole = commit(outbox.to_vec(), states);
-    let record = Outgoing::changelog(topic, p, "__commit", &whole, snapshot)?;
-    if record.value.len() <= MAX_COMMIT_BYTES {
-        return Ok(vec![record]);
-    }
-    let Entry::Commit { states, .. } = whole else { unreachable!("built above") };
-    let mut log = Vec::new();
-    // The record key is not used: every changelog record names its partition.
-    let state_parts =
-        changelog::split(states.into_iter().collect(), |(k, v)| changelog::state_len(k, v.len()), MAX_COMMIT_BYTES);
-    for part in state_parts {
-        log.push(Outgoing::changelog(
-            topic,
-            p,
-            "__states",
-            &Entry::States { states: part.into_iter().collect() },
-            snapshot,
-        )?);
-    }
-    for records in changelog::split(outbox.to_vec(), changelog::outbox_len, MAX_COMMIT_BYTES) {
-        log.push(Outgoing::changelog(topic, p, "__outbox", &Entry::Outbox { records }, snapshot)?);
-    }
-    log.push(Outgoing::changelog(topic, p, "__commit", &commit(vec![], BTreeMap::new()), snapshot)?);
-    Ok(log)
+    changelog::batch_entries(batch, checkpoint, outbox, changed, MAX_COMMIT_BYTES)?
+        .iter()
+        // The record key is not used: every changelog record names its partition.
+        .map(|e| Outgoing::changelog(topic, p, e.record_key(), e, stamp))
+        .collect()
 }
 
 /// The batch was abandoned because the worker is shutting down; nothing of it
@@ -993,30 +1114,48 @@ struct Runtime<W: Worker> {
 }
 
 impl<W: Worker> Runtime<W> {
-    /// Decides, records and publishes each task's share of a batch, one task
-    /// after the other (offset order within each input partition). Returns
-    /// the group offsets that may be committed now: those of batches whose
-    /// outputs are acknowledged. `Stopping` when shutdown interrupted a
-    /// decision: the tasks before it are written, and the drain commits
-    /// their offsets once their outputs are acknowledged.
+    /// Decides each task's share of a batch, one task after the other
+    /// (offset order within each input partition), then records and
+    /// publishes them together. Returns the group offsets that may be
+    /// committed now: those of batches whose outputs are acknowledged.
+    /// `Stopping` when shutdown interrupted a decision: the tasks decided
+    /// before it are written, and the drain commits their offsets once their
+    /// outputs are acknowledged.
     async fn run_tasks(
         &self,
         by_task: BTreeMap<i32, Vec<&BorrowedMessage<'_>>>,
         stop: &mut watch::Receiver<bool>,
     ) -> anyhow::Result<Vec<GroupOffset>> {
-        let mut committable = vec![];
+        let mut decided = Vec::with_capacity(by_task.len());
+        let mut stopping = None;
         for (p, msgs) in by_task {
             match self.decide(p, &msgs, stop).await {
-                Ok(Some(d)) => committable.extend(self.write(d).await?),
-                Ok(None) => {}
+                Ok(d) => decided.extend(d),
                 Err(e) if e.is::<Stopping>() => {
                     tracing::info!(partition = p, "shutdown during an outage: the batch is left to the next owner");
-                    return Err(e);
+                    stopping = Some(e);
+                    break;
                 }
                 Err(e) => return Err(e),
             }
         }
-        Ok(committable)
+        // The tasks' writes overlap: a batch waits for one changelog round
+        // trip, not one per partition. Each task writes only its own
+        // changelog partition, and a failed write stops the worker.
+        let written = match self.cfg.serial_task_writes {
+            false => futures::future::try_join_all(decided.into_iter().map(|d| self.write(d))).await?,
+            true => {
+                let mut written = Vec::with_capacity(decided.len());
+                for d in decided {
+                    written.push(self.write(d).await?);
+                }
+                written
+            }
+        };
+        match stopping {
+            Some(e) => Err(e),
+            None => Ok(written.into_iter().flatten().collect()),
+        }
     }
 
     /// Decodes, decides and encodes one task's share of a batch: everything
@@ -1131,25 +1270,25 @@ impl<W: Worker> Runtime<W> {
         let (cfg, metrics) = (&self.cfg, &self.metrics);
         let Decided { p, batch: batch_no, inputs, states, outbox, output_types, checkpoint, offsets, changed, .. } = d;
         let [started, decoded_at, decided_at, encoded_at] = d.timings;
-        let snapshot = lock(&self.tasks).get(&p).and_then(|t| t.snapshot);
+        let stamp = lock(&self.tasks).get(&p).map(Task::stamp).unwrap_or_default();
         let topic = self.state_topic.as_str();
         // 1. Record the decision, while the previous batch's outputs are still
         // being acknowledged; that batch is marked published once both are in.
         // (The at-least-once baseline only waits for the previous batch: the
         // changelog is the one difference.) Inside a transaction the outputs
         // commit with the record, so it carries no outbox and nothing waits.
-        let mut written = 0;
+        let (mut written, mut records) = (0, 0);
         let previous = lock(&self.tasks).get_mut(&p).and_then(|t| t.unacked.take());
         let mut committable = match cfg.guarantee {
             Guarantee::EffectivelyOnce => {
-                let log = decision_records(topic, p, batch_no, &checkpoint, &outbox, &changed, snapshot)?;
+                let log = decision_records(topic, p, batch_no, &checkpoint, &outbox, &changed, stamp)?;
                 written = log.iter().map(|o| o.value.len() as u64).sum();
                 let (recorded, settled) = futures::join!(send_all(&self.producer, &log), self.settle(p, previous));
-                recorded?;
+                records = recorded?.len() as u64;
                 settled?
             }
             Guarantee::ExactlyOnce => {
-                let log = decision_records(topic, p, batch_no, &checkpoint, &[], &changed, snapshot)?;
+                let log = decision_records(topic, p, batch_no, &checkpoint, &[], &changed, stamp)?;
                 for o in &log {
                     written += o.value.len() as u64;
                     enqueue(&self.producer, o).await?;
@@ -1198,6 +1337,7 @@ impl<W: Worker> Runtime<W> {
             let Some(task) = t.get_mut(&p) else { return Ok(committable) };
             task.checkpoint.extend(checkpoint);
             task.since_snapshot += written;
+            task.ownership.written += records;
             task.pending += d.pending_delta;
             task.unacked = unacked;
             task.since_snapshot >= cfg.snapshot_interval_bytes.max(task.snapshot_bytes)
@@ -1225,10 +1365,11 @@ impl<W: Worker> Runtime<W> {
             return Ok(u.offsets);
         }
         let mut tasks = lock(&self.tasks);
-        let snapshot = tasks.get(&p).and_then(|t| t.snapshot);
-        let written = queue_published(&self.producer, &self.state_topic, p, u.batch, snapshot);
-        if let (Some(t), Some(n)) = (tasks.get_mut(&p), written) {
+        let stamp = tasks.get(&p).map(Task::stamp).unwrap_or_default();
+        let written = queue_published(&self.producer, &self.state_topic, p, u.batch, stamp);
+        if let (Some(t), Some((n, delivery))) = (tasks.get_mut(&p), written) {
             t.since_snapshot += n;
+            t.ownership.wrote_later(delivery);
         }
         Ok(u.offsets)
     }
@@ -1376,6 +1517,52 @@ impl<W: Worker> Runtime<W> {
         })
     }
 
+    /// Whether another owner has claimed partition `p` up to offset `last`
+    /// (a snapshot's last part, `parts` records): `Some(its claim)` if so.
+    /// Free when this owner's own records fill every offset since the last
+    /// check; otherwise the offsets between are read.
+    async fn still_owner(&self, p: i32, parts: u64, last: i64) -> anyhow::Result<Option<i64>> {
+        let queued = match lock(&self.tasks).get_mut(&p) {
+            Some(t) => std::mem::take(&mut t.ownership.queued),
+            None => return Ok(None),
+        };
+        // Queued before the parts, so answered before them.
+        let acked = futures::future::join_all(queued).await.into_iter().filter(|d| matches!(d, Ok(Ok(_)))).count();
+        let (verified, written, lineage) = match lock(&self.tasks).get_mut(&p) {
+            Some(t) => {
+                t.ownership.written += parts + acked as u64;
+                (t.ownership.verified, t.ownership.written, t.lineage)
+            }
+            None => return Ok(None),
+        };
+        let Some(lineage) = lineage else { return Ok(None) };
+        if written as i64 >= last - verified {
+            self.verified(p, last);
+            return Ok(None);
+        }
+        let (cfg, topic) = (&self.cfg, self.state_topic.as_str());
+        let records = tokio::task::block_in_place(|| -> anyhow::Result<Vec<Record>> {
+            let consumer = keyflow_schemas::kafka::reader_config(&cfg.kafka, "keyflow-restore")?.create()?;
+            let mut reader = ChangelogReader::open(consumer, topic, p, (verified + 1, last + 1), false, false)?;
+            let records = reader.by_ref().collect();
+            reader.finish()?;
+            Ok(records)
+        })?;
+        if let Some(claim) = changelog::newer_claim(&records, lineage) {
+            return Ok(Some(claim));
+        }
+        self.verified(p, last);
+        Ok(None)
+    }
+
+    /// Nobody else claimed partition `p` up to `offset`.
+    fn verified(&self, p: i32, offset: i64) {
+        if let Some(t) = lock(&self.tasks).get_mut(&p) {
+            t.ownership.verified = offset;
+            t.ownership.written = 0;
+        }
+    }
+
     fn put_back(&self, p: i32, states: HashMap<String, KeyState<W::State>>) {
         if let Some(task) = lock(&self.tasks).get_mut(&p) {
             task.states = states;
@@ -1388,28 +1575,21 @@ impl<W: Worker> Runtime<W> {
     async fn snapshot(&self, p: i32, batch: u64, states: &HashMap<String, KeyState<W::State>>) -> anyhow::Result<()> {
         let started = Instant::now();
         let (checkpoint, old) = match lock(&self.tasks).get(&p) {
-            Some(t) => (t.checkpoint.clone(), t.snapshot),
+            Some(t) => (t.checkpoint.clone(), t.stamp()),
             None => return Ok(()),
         };
         // Two passes over the keys (sizes, then parts), each part sent as soon
         // as it is built with a few in flight: memory stays at a few parts,
         // not a copy of the whole state.
-        let sizes = states.iter().map(|(k, ks)| changelog::state_len(k, changelog::json_len(ks)));
-        let bounds = changelog::part_bounds(sizes, SNAPSHOT_PART_BYTES);
-        let parts = bounds.len() as u32;
+        let snapshot = changelog::SnapshotParts::new(batch, checkpoint, states, SNAPSHOT_PART_BYTES);
+        let parts = snapshot.parts();
         let topic = self.state_topic.as_str();
-        let mut keys = states.iter();
         let mut in_flight = futures::stream::FuturesOrdered::new();
-        let mut offsets = Vec::with_capacity(bounds.len());
+        let mut offsets = Vec::with_capacity(parts as usize);
         let mut bytes = 0u64;
-        for (i, start) in bounds.iter().enumerate() {
-            let end = bounds.get(i + 1).copied().unwrap_or(states.len());
-            let mut part = BTreeMap::new();
-            for (k, ks) in keys.by_ref().take(end - start) {
-                part.insert(k.clone(), changelog::Raw::of(ks)?);
-            }
-            let entry = Entry::Snapshot { batch, part: i as u32, parts, checkpoint: checkpoint.clone(), states: part };
-            let record = Outgoing::changelog(topic, p, "__snapshot", &entry, old)?;
+        for entry in snapshot {
+            let entry = entry?;
+            let record = Outgoing::changelog(topic, p, entry.record_key(), &entry, old)?;
             bytes += record.value.len() as u64;
             in_flight.push_back(enqueue(&self.producer, &record).await?);
             while in_flight.len() >= SNAPSHOT_PARTS_IN_FLIGHT {
@@ -1420,12 +1600,38 @@ impl<W: Worker> Runtime<W> {
             offsets.push(delivered(Some(d), format_args!("a snapshot part to {topic}"))?);
         }
         let at = offsets[0];
-        let marker = Outgoing::published(topic, p, batch, Some(at))?;
+        if self.cfg.guarantee == Guarantee::EffectivelyOnce {
+            // Later records may point at this snapshot only if no other owner
+            // claimed the partition before it was complete (see changelog::newer_claim).
+            let last = offsets.iter().copied().max().unwrap_or(at);
+            match self.still_owner(p, offsets.len() as u64, last).await {
+                Ok(None) => {}
+                Ok(Some(claim)) => {
+                    tracing::warn!(
+                        worker = self.worker.name(),
+                        partition = p,
+                        claim,
+                        "another member claimed this partition: this one stops writing it until the group \
+                         reassigns it (what it wrote since is skipped by every restore)"
+                    );
+                    let mut tasks = lock(&self.tasks);
+                    tasks.remove(&p);
+                    self.metrics.assigned.set(tasks.len() as i64);
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::warn!(partition = p, error = %format!("{e:#}"), "could not check the partition's owner; the snapshot is not used");
+                    return Ok(());
+                }
+            }
+        }
+        let marker = Outgoing::published(topic, p, batch, Stamp { snapshot: Some(at), ..old })?;
         send_all(&self.producer, std::slice::from_ref(&marker)).await?;
         if let Some(t) = lock(&self.tasks).get_mut(&p) {
             t.snapshot = Some(at);
             t.snapshot_bytes = bytes;
             t.since_snapshot = 0;
+            t.ownership.written += 1;
         }
         self.metrics.snapshots.inc();
         tracing::info!(worker = self.worker.name(), partition = p, batch, offset = at, parts, keys = states.len(), bytes, took = ?started.elapsed(), "state snapshot written");
@@ -1747,14 +1953,14 @@ mod tests {
             })
             .collect();
         let checkpoint = BTreeMap::from([("orders/0".to_string(), 6_000)]);
-        let log = decision_records("payment-state", 0, 7, &checkpoint, &outbox, &changed, None).unwrap();
+        let log = decision_records("payment-state", 0, 7, &checkpoint, &outbox, &changed, Stamp::default()).unwrap();
         assert!(log.len() > 2 && log.len() < 20, "split into a few records, not one per key: {}", log.len());
         for r in &log {
             assert!(r.value.len() <= MAX_COMMIT_BYTES + 4096, "a {}-byte changelog record", r.value.len());
         }
         let entries: Vec<Entry> = log.iter().map(|r| serde_json::from_slice(&r.value).unwrap()).collect();
         assert_eq!(entries.last().map(Entry::kind), Some("commit"), "the commit comes last");
-        let restored = changelog::restore::<i64>(entries).unwrap();
+        let restored = changelog::restore_entries::<i64>(entries).unwrap();
         assert_eq!(restored.unpublished, vec![(7, outbox)]);
         assert_eq!(restored.states.len(), 3_000);
         assert_eq!(restored.checkpoint, checkpoint);

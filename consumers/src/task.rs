@@ -114,6 +114,17 @@ impl Offsets {
         self.0.iter().find(|(p, _)| p == partition).map(|(_, o)| *o)
     }
 
+    /// Every input partition with its offset.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, i64)> {
+        self.0.iter().map(|(p, o)| (p.as_str(), *o))
+    }
+
+    /// The first input partition on which `later` is behind these offsets:
+    /// (partition, offset here, offset in `later`).
+    pub fn behind(&self, later: &Offsets) -> Option<(String, i64, i64)> {
+        self.0.iter().find_map(|(p, was)| later.get(p).filter(|now| now < was).map(|now| (p.clone(), *was, now)))
+    }
+
     pub fn insert(&mut self, partition: String, offset: i64) {
         match self.0.iter_mut().find(|(p, _)| *p == partition) {
             Some((_, o)) => *o = offset,

@@ -189,3 +189,40 @@ pub mod bench {
         std::fs::write(&path, text).unwrap();
     }
 }
+
+/// Copies a test's directory (logs, dumps) to `$KEYFLOW_TEST_ARTIFACTS/<name>-<pid>`
+/// when the test panics, so a failure can be read afterwards.
+pub struct KeepOnPanic(pub PathBuf);
+
+impl Drop for KeepOnPanic {
+    fn drop(&mut self) {
+        let Ok(to) = std::env::var("KEYFLOW_TEST_ARTIFACTS") else { return };
+        if !std::thread::panicking() {
+            return;
+        }
+        let to = std::path::Path::new(&to).join(format!("run-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&to);
+        for e in std::fs::read_dir(&self.0).into_iter().flatten().flatten() {
+            if e.path().is_file() {
+                let _ = std::fs::copy(e.path(), to.join(e.file_name()));
+            }
+        }
+        eprintln!("test artifacts kept in {}", to.display());
+    }
+}
+
+/// Writes every record of `topic` (offset, headers, payload as text) to `path`.
+pub async fn dump_topic(kafka: &keyflow_schemas::client::KafkaArgs, topic: &str, path: &std::path::Path) {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    for r in keyflow_infra::inspect::read_raw(kafka, topic, usize::MAX).await.unwrap_or_default() {
+        let headers: Vec<String> = r
+            .headers
+            .iter()
+            .map(|(k, v)| format!("{k}={}", String::from_utf8_lossy(v.as_deref().unwrap_or_default())))
+            .collect();
+        let payload = String::from_utf8_lossy(r.payload.as_deref().unwrap_or_default()).into_owned();
+        let _ = writeln!(out, "{} {} [{}] {}", r.partition, r.offset, headers.join(","), payload);
+    }
+    let _ = std::fs::write(path, out);
+}

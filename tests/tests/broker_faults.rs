@@ -33,10 +33,20 @@ async fn request_errors_broker_restarts_and_leader_and_coordinator_moves_keep_ev
     let want_total: usize = want.values().map(Vec::len).sum();
     let codec = Codec::new(&RegistryConfig::new(&registry)).unwrap();
 
-    let log = dir.path().join("workers.log");
+    let _keep = keyflow_e2e::KeepOnPanic(dir.path().to_path_buf());
     // Dynamic members; 10 ms per record, one at a time, keeps the run going while the faults come.
-    let extra = ["--delay", "10ms", "--max-in-flight", "1", "--max-batch", "100"];
-    let spawn = || spawn_worker_with(&brokers, &registry, "", &log, &extra);
+    let mut extra = vec!["--delay", "10ms", "--max-in-flight", "1", "--max-batch", "100"];
+    if std::env::var_os("KEYFLOW_SERIAL_TASK_WRITES").is_some() {
+        extra.push("--serial-task-writes");
+    }
+    // One log per worker (worker-N.log), kept with the changelog's dump when the test fails.
+    let spawned = std::cell::Cell::new(0);
+    let log_of = |n: usize| dir.path().join(format!("worker-{n}.log"));
+    let spawn = || {
+        spawned.set(spawned.get() + 1);
+        spawn_worker_with(&brokers, &registry, "", &log_of(spawned.get()), &extra)
+    };
+    let logs = || -> String { (1..=spawned.get()).map(|n| log_tail(&log_of(n))).collect() };
     let mut workers = vec![spawn(), spawn()];
     let mut tail = Tail::new(&brokers, "loyalty", PARTITIONS);
     let deadline = Instant::now() + Duration::from_secs(300);
@@ -47,7 +57,7 @@ async fn request_errors_broker_restarts_and_leader_and_coordinator_moves_keep_ev
         distinct = tail.distinct(&codec).await;
         for w in &mut workers {
             if let Some(status) = w.try_wait().unwrap() {
-                panic!("a worker exited ({status}) under broker faults:\n{}", log_tail(&log));
+                panic!("a worker exited ({status}) under broker faults:\n{}", logs());
             }
         }
         // One fault every ~1.5 s once outputs flow, each on a different path.
@@ -97,11 +107,12 @@ async fn request_errors_broker_restarts_and_leader_and_coordinator_moves_keep_ev
         step += 1;
     }
     kill_all(&mut workers);
-    assert_eq!(distinct, want_total, "every input caused one output under faults (steps {step}):\n{}", log_tail(&log));
-    let logs = std::fs::read_to_string(&log).unwrap_or_default();
+    let kafka = KafkaArgs::new(brokers.clone());
+    keyflow_e2e::dump_topic(&kafka, "counter-state", &dir.path().join("counter-state.txt")).await;
+    assert_eq!(distinct, want_total, "every input caused one output under faults (steps {step}):\n{}", logs());
+    let logs: String = (1..=spawned.get()).map(|n| std::fs::read_to_string(log_of(n)).unwrap_or_default()).collect();
     assert!(step >= 9, "every fault was injected ({step})");
     assert!(logs.contains("partitions revoked"), "the third member's join rebalanced the group");
-    let kafka = KafkaArgs::new(brokers.clone());
     let copies = verify_outputs(&kafka, &codec, &want).await;
     eprintln!("broker faults: {want_total} outputs, {copies} raw copies");
 }

@@ -61,6 +61,10 @@ struct Args {
     /// a broker with transactions, e.g. Apache Kafka).
     #[arg(long, value_enum, env = "WORKER_GUARANTEE", default_value = "effectively-once")]
     guarantee: Guarantee,
+    /// Write a batch's partition tasks one after the other instead of
+    /// together (for A/B measurements of the overlapped writes).
+    #[arg(long, hide = true)]
+    serial_task_writes: bool,
     /// Input records larger than this go to the DLQ (class `oversized`).
     #[arg(long, default_value_t = 1024 * 1024)]
     max_record_bytes: usize,
@@ -112,6 +116,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         assignor: args.assignor,
         snapshot_interval_bytes: args.snapshot_interval_bytes,
         guarantee: args.guarantee,
+        serial_task_writes: args.serial_task_writes,
     };
     cfg.validate().map_err(anyhow::Error::msg)?;
     args.rules.rules.validate().map_err(anyhow::Error::msg)?;
