@@ -31,7 +31,7 @@ def compose_cmd() -> list[str]:
             return ["docker", "compose"]
     if shutil.which("docker-compose"):
         return ["docker-compose"]
-    pytest.fail("no compose tooling: .ci/run installs Debian's docker-compose", pytrace=False)
+    pytest.fail("no compose tooling: tests/run.sh installs Debian's docker-compose", pytrace=False)
 
 
 @pytest.fixture(scope="module")

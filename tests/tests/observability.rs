@@ -24,7 +24,7 @@ fn promtool(args: &[&str]) -> String {
         .args(args)
         .current_dir(repo())
         .output()
-        .expect("promtool runs (Debian package `prometheus`; .ci/run installs it)");
+        .expect("promtool runs (Debian package `prometheus`; tests/run.sh installs it)");
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "promtool {args:?} failed:\n{text}");
     text
