@@ -37,7 +37,7 @@ use futures::StreamExt;
 use keyflow_schemas::client::KafkaArgs;
 use keyflow_schemas::events::*;
 use keyflow_schemas::headers;
-use keyflow_schemas::kafka::{client_config, PRODUCER_DEFAULTS};
+use keyflow_schemas::kafka::{client_config, Quiet, PRODUCER_DEFAULTS};
 use keyflow_schemas::topics::{dlq_topic, state_topic, TopicNames};
 use keyflow_schemas::{Codec, CodecError};
 use rdkafka::consumer::{
@@ -288,7 +288,7 @@ struct Ctx<W: Worker> {
     /// The runtime's producer: flushed before partitions are released, so
     /// the next owner's restore sees every record this member queued (the
     /// published markers are not awaited).
-    producer: FutureProducer,
+    producer: FutureProducer<Quiet>,
     /// The worker's changelog topic.
     state_topic: String,
 }
@@ -415,6 +415,14 @@ impl<W: Worker> Ctx<W> {
 }
 
 impl<W: Worker> ClientContext for Ctx<W> {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        keyflow_schemas::kafka::report_log(level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        keyflow_schemas::kafka::report_error(&error, reason);
+    }
+
     fn stats(&self, stats: rdkafka::Statistics) {
         for (topic, t) in &stats.topics {
             for (p, part) in &t.partitions {
@@ -494,7 +502,7 @@ fn resume_offsets<S>(cfg: &RuntimeConfig, p: i32, task: &Task<S>) -> Vec<(String
 /// in `error`.
 struct ChangelogReader<'a> {
     /// A consumer of its own: its position is this read's alone.
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<Quiet>,
     topic: &'a str,
     p: i32,
     from: i64,
@@ -528,7 +536,7 @@ impl<'a> ChangelogReader<'a> {
     }
 
     fn open(
-        consumer: BaseConsumer,
+        consumer: BaseConsumer<Quiet>,
         topic: &'a str,
         p: i32,
         (from, to): (i64, i64),
@@ -656,7 +664,7 @@ struct ChangelogSource<'a> {
     txn: bool,
     /// The consumer that asked for the watermarks has read nothing yet: the
     /// first read takes it.
-    unread: Option<BaseConsumer>,
+    unread: Option<BaseConsumer<Quiet>>,
     low: i64,
     high: i64,
     /// Records and bytes read by the restore proper; bytes of the snapshot it started with.
@@ -686,8 +694,8 @@ impl<'a> ChangelogSource<'a> {
         })
     }
 
-    fn client(cfg: &RuntimeConfig) -> anyhow::Result<BaseConsumer> {
-        Ok(keyflow_schemas::kafka::reader_config(&cfg.kafka, "keyflow-restore")?.create()?)
+    fn client(cfg: &RuntimeConfig) -> anyhow::Result<BaseConsumer<Quiet>> {
+        Ok(keyflow_schemas::kafka::reader_config(&cfg.kafka, "keyflow-restore")?.create_with_context(Quiet)?)
     }
 
     fn reader(&mut self, (from, to): (i64, i64), from_snapshot: bool) -> anyhow::Result<ChangelogReader<'a>> {
@@ -767,7 +775,7 @@ fn restore_task<W: Worker>(
     let mut source = ChangelogSource::open(cfg, &topic, p, metrics)?;
     let base = source.start_pointer()?;
     // Outside any transaction: the claim stands whatever this owner does next.
-    let producer: FutureProducer = client_config(&cfg.kafka, PRODUCER_DEFAULTS)?.create()?;
+    let producer: FutureProducer<Quiet> = client_config(&cfg.kafka, PRODUCER_DEFAULTS)?.create_with_context(Quiet)?;
     let claim =
         Outgoing::changelog(&topic, p, "__claim", &Entry::Claim { base }, Stamp { snapshot: base, lineage: None })?;
     let claimed = futures::executor::block_on(async {
@@ -948,7 +956,7 @@ impl<'a> Outgoing<'a> {
 /// re-publish the outbox byte for byte (copies consumers drop). Returns the
 /// marker's size and delivery, or `None` (logged) when it could not be queued.
 fn queue_published(
-    producer: &FutureProducer,
+    producer: &FutureProducer<Quiet>,
     topic: &str,
     p: i32,
     batch: u64,
@@ -973,7 +981,10 @@ const SNAPSHOT_PARTS_IN_FLIGHT: usize = 8;
 
 /// Hands a record to the producer (its bytes are copied), waiting while the
 /// producer's queue is full; the future resolves on the broker's answer.
-async fn enqueue(producer: &FutureProducer, o: &Outgoing<'_>) -> anyhow::Result<rdkafka::producer::DeliveryFuture> {
+async fn enqueue(
+    producer: &FutureProducer<Quiet>,
+    o: &Outgoing<'_>,
+) -> anyhow::Result<rdkafka::producer::DeliveryFuture> {
     loop {
         match producer.send_result(o.record()) {
             Ok(f) => return Ok(f),
@@ -998,7 +1009,7 @@ fn delivered(
 }
 
 /// Produces all records and waits until every one is acknowledged; returns their offsets.
-async fn send_all(producer: &FutureProducer, records: &[Outgoing<'_>]) -> anyhow::Result<Vec<i64>> {
+async fn send_all(producer: &FutureProducer<Quiet>, records: &[Outgoing<'_>]) -> anyhow::Result<Vec<i64>> {
     let mut in_flight = Vec::with_capacity(records.len());
     for o in records {
         in_flight.push(enqueue(producer, o).await?);
@@ -1104,7 +1115,7 @@ struct Runtime<W: Worker> {
     cfg: RuntimeConfig,
     codec: Arc<Codec>,
     metrics: WorkerMetrics,
-    producer: FutureProducer,
+    producer: FutureProducer<Quiet>,
     runner: KeyedRunner,
     tasks: Tasks<W::State>,
     state_topic: String,
@@ -1542,7 +1553,7 @@ impl<W: Worker> Runtime<W> {
         }
         let (cfg, topic) = (&self.cfg, self.state_topic.as_str());
         let records = tokio::task::block_in_place(|| -> anyhow::Result<Vec<Record>> {
-            let consumer = keyflow_schemas::kafka::reader_config(&cfg.kafka, "keyflow-restore")?.create()?;
+            let consumer = ChangelogSource::client(cfg)?;
             let mut reader = ChangelogReader::open(consumer, topic, p, (verified + 1, last + 1), false, false)?;
             let records = reader.by_ref().collect();
             reader.finish()?;
@@ -1677,7 +1688,7 @@ pub async fn run<W: Worker>(
         producer_settings
             .extend([("transactional.id", txn_id.as_str()), ("transaction.timeout.ms", TRANSACTION_TIMEOUT_MS)]);
     }
-    let producer: FutureProducer = client_config(&cfg.kafka, &producer_settings)?.create()?;
+    let producer: FutureProducer<Quiet> = client_config(&cfg.kafka, &producer_settings)?.create_with_context(Quiet)?;
     if cfg.guarantee == Guarantee::ExactlyOnce {
         let p = producer.clone();
         tokio::task::spawn_blocking(move || p.init_transactions(TXN_CALL_TIMEOUT)).await?.with_context(|| {

@@ -255,7 +255,12 @@ impl Live {
 }
 
 /// Runs the demo; the report's `ok` says whether every invariant held.
-pub async fn run(args: &DemoArgs) -> anyhow::Result<DemoReport> {
+/// Runs the demo; `publish` gets the report as soon as the run is verified
+/// (with `--keep`, before the stack is left running until Ctrl-C).
+pub async fn run(
+    args: &DemoArgs,
+    publish: impl FnOnce(&DemoReport) -> anyhow::Result<()>,
+) -> anyhow::Result<DemoReport> {
     let bins = Bins::beside_current_exe()?;
     let temp = args.data_dir.is_none();
     let dir = match &args.data_dir {
@@ -293,7 +298,8 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<DemoReport> {
     let keep = args.keep && result.as_ref().is_ok_and(|(r, _)| r.drained);
     let report = match result {
         Ok((report, mut pipeline)) => {
-            if keep {
+            let published = publish(&report);
+            if keep && published.is_ok() {
                 eprintln!("\ndemo: --keep: the stack and workers keep running; Ctrl-C stops them");
                 for p in &pipeline.workers {
                     eprintln!("  {:<16} http://{}/metrics   log {}", p.instance, p.metrics, p.log.display());
@@ -304,7 +310,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<DemoReport> {
                 keyflow_schemas::process::shutdown_signal().await;
             }
             pipeline.stop(Duration::from_secs(10)).await;
-            Ok(report)
+            published.map(|()| report)
         }
         Err(e) => Err(e),
     };

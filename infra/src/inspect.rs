@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use keyflow_schemas::client::KafkaArgs;
+use keyflow_schemas::kafka::Quiet;
 use keyflow_schemas::Codec;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Headers;
@@ -66,7 +67,7 @@ pub fn stream_partition(
     partition: i32,
 ) -> anyhow::Result<tokio::sync::mpsc::Receiver<anyhow::Result<Vec<RawRecord>>>> {
     let timeout = Duration::from_secs(15);
-    let consumer: BaseConsumer = reader_config(kafka, "keyflow-devstack-read")?.create()?;
+    let consumer: BaseConsumer<Quiet> = reader_config(kafka, "keyflow-devstack-read")?.create_with_context(Quiet)?;
     let (low, high) = consumer.fetch_watermarks(topic, partition, timeout)?;
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     if high <= low {
@@ -116,7 +117,7 @@ pub fn stream_partition(
 pub async fn read_raw(kafka: &KafkaArgs, topic: &str, limit: usize) -> anyhow::Result<Vec<RawRecord>> {
     let timeout = Duration::from_secs(15);
     let partitions = partition_count(kafka, topic, timeout)?;
-    let consumer: BaseConsumer = reader_config(kafka, "keyflow-devstack-peek")?.create()?;
+    let consumer: BaseConsumer<Quiet> = reader_config(kafka, "keyflow-devstack-peek")?.create_with_context(Quiet)?;
     let mut tpl = TopicPartitionList::new();
     let mut remaining = HashMap::new();
     for p in 0..partitions {

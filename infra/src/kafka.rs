@@ -7,7 +7,6 @@ use keyflow_schemas::client::KafkaArgs;
 pub use keyflow_schemas::kafka::*;
 use keyflow_schemas::topics::TopicSpec;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::error::RDKafkaErrorCode;
 
 /// What happened to one topic in [`create_topics`].
@@ -28,8 +27,8 @@ pub async fn create_topics(
 ) -> Result<Vec<TopicOutcome>, KafkaError> {
     let timeout = Duration::from_secs(30);
     let existing = list_topics(kafka, timeout)?;
-    let admin: AdminClient<DefaultClientContext> =
-        client_config(kafka, &[])?.create().map_err(|e| KafkaError::Config(e.to_string()))?;
+    let admin: AdminClient<Quiet> =
+        client_config(kafka, &[])?.create_with_context(Quiet).map_err(|e| KafkaError::Config(e.to_string()))?;
     let missing: Vec<&TopicSpec> = specs.iter().filter(|s| !existing.contains_key(&s.name)).collect();
     let new: Vec<NewTopic> = missing
         .iter()

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use keyflow_consumers::workers::WorkerKind;
 use keyflow_schemas::client::{KafkaArgs, RegistryArgs};
 use keyflow_schemas::kafka::client_config;
+use keyflow_schemas::kafka::Quiet;
 use keyflow_schemas::metrics as m;
 use keyflow_schemas::topics::TopicNames;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -307,8 +308,8 @@ impl GroupPosition {
 
 /// The watermarks and committed offset of `group` on every partition of `topics`.
 pub fn group_positions(kafka: &KafkaArgs, group: &str, topics: &[String]) -> anyhow::Result<Vec<GroupPosition>> {
-    let consumer: BaseConsumer =
-        client_config(kafka, &[("group.id", group), ("enable.auto.commit", "false")])?.create()?;
+    let consumer: BaseConsumer<Quiet> =
+        client_config(kafka, &[("group.id", group), ("enable.auto.commit", "false")])?.create_with_context(Quiet)?;
     let md = consumer.fetch_metadata(None, Duration::from_secs(10))?;
     let mut tpl = TopicPartitionList::new();
     let mut marks = BTreeMap::new();

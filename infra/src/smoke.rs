@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use keyflow_schemas::client::{KafkaArgs, RegistryArgs};
 use keyflow_schemas::events::TopicEvent;
+use keyflow_schemas::kafka::Quiet;
 use keyflow_schemas::samples::samples;
 use keyflow_schemas::Codec;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -37,7 +38,7 @@ pub struct SmokeReport {
 
 struct Ctx<'a> {
     codec: &'a Codec,
-    producer: FutureProducer,
+    producer: FutureProducer<Quiet>,
     kafka: &'a KafkaArgs,
 }
 
@@ -68,8 +69,8 @@ impl Ctx<'_> {
     }
 
     async fn read_at(&self, topic: &str, partition: i32, offset: i64) -> anyhow::Result<Option<Vec<u8>>> {
-        let consumer: BaseConsumer =
-            keyflow_schemas::kafka::reader_config(self.kafka, "keyflow-devstack-smoke")?.create()?;
+        let consumer: BaseConsumer<Quiet> =
+            keyflow_schemas::kafka::reader_config(self.kafka, "keyflow-devstack-smoke")?.create_with_context(Quiet)?;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(topic, partition, Offset::Offset(offset))?;
         consumer.assign(&tpl)?;
@@ -93,7 +94,7 @@ impl Ctx<'_> {
 pub async fn run(kafka: &KafkaArgs, registry: &RegistryArgs) -> anyhow::Result<SmokeReport> {
     let start = Instant::now();
     let codec = Codec::new(&registry.config().map_err(anyhow::Error::msg)?)?;
-    let producer: FutureProducer = client_config(kafka, PRODUCER_DEFAULTS)?.create()?;
+    let producer: FutureProducer<Quiet> = client_config(kafka, PRODUCER_DEFAULTS)?.create_with_context(Quiet)?;
     let ctx = Ctx { codec: &codec, producer, kafka };
     let run_id = uuid::Uuid::new_v4().to_string();
     let s = samples(&run_id);

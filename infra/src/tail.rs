@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use keyflow_schemas::client::{parse_duration, KafkaArgs};
 use keyflow_schemas::kafka::reader_config;
+use keyflow_schemas::kafka::Quiet;
 use keyflow_schemas::Codec;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Offset, TopicPartitionList};
@@ -229,7 +230,7 @@ pub async fn tail(
     if let Some(p) = partitions.iter().find(|p| !(0..count).contains(*p)) {
         anyhow::bail!("--partition {p}: {topic} has partitions 0..{}", count - 1);
     }
-    let consumer: StreamConsumer = reader_config(kafka, "keyflow-devstack-tail")?.create()?;
+    let consumer: StreamConsumer<Quiet> = reader_config(kafka, "keyflow-devstack-tail")?.create_with_context(Quiet)?;
     let mut by_time = TopicPartitionList::new();
     if let Some(ms) = args.since {
         for &p in &partitions {

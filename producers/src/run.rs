@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keyflow_schemas::client::{parse_duration, KafkaArgs, RegistryArgs};
-use keyflow_schemas::kafka::{client_config, PRODUCER_DEFAULTS};
+use keyflow_schemas::kafka::{client_config, Quiet, PRODUCER_DEFAULTS};
+use keyflow_schemas::startup::STARTUP_PATIENCE;
 use keyflow_schemas::topics::TopicNames;
 use keyflow_schemas::Codec;
 use rdkafka::producer::FutureProducer;
@@ -147,11 +148,12 @@ pub async fn run(
     start_ms: i64,
 ) -> anyhow::Result<Summary> {
     args.validate().map_err(anyhow::Error::msg)?;
+    keyflow_schemas::startup::check_reachable(&args.kafka, Some(&args.registry), STARTUP_PATIENCE).await?;
     let codec = Arc::new(Codec::new(&args.registry.config().map_err(anyhow::Error::msg)?)?);
     let compression = format!("{:?}", args.compression).to_lowercase();
     let mut defaults: Vec<(&str, &str)> = PRODUCER_DEFAULTS.to_vec();
     defaults.push(("compression.type", &compression));
-    let producer: FutureProducer = client_config(&args.kafka, &defaults)?.create()?;
+    let producer: FutureProducer<Quiet> = client_config(&args.kafka, &defaults)?.create_with_context(Quiet)?;
     let stats = Arc::new(Stats::default());
     if let Some(addr) = args.metrics_addr {
         let ready = Arc::new(AtomicBool::new(true));

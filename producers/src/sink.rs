@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use keyflow_schemas::events::AnyEvent;
+use keyflow_schemas::kafka::Quiet;
 use keyflow_schemas::topics::TopicNames;
 use keyflow_schemas::{Codec, CodecError};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -41,7 +42,7 @@ struct Pending {
 
 /// The producing end of a run.
 pub struct Sink {
-    producer: FutureProducer,
+    producer: FutureProducer<Quiet>,
     codec: Arc<Codec>,
     names: TopicNames,
     stats: Arc<Stats>,
@@ -51,7 +52,7 @@ pub struct Sink {
 impl Sink {
     /// A sink and the task that tracks deliveries (await it after [`Sink::close`]).
     pub fn new(
-        producer: FutureProducer,
+        producer: FutureProducer<Quiet>,
         codec: Arc<Codec>,
         names: TopicNames,
         stats: Arc<Stats>,

@@ -5,20 +5,113 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::client::{KafkaArgs, PARTITIONER};
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::producer::{DeliveryResult, ProducerContext};
+use rdkafka::ClientContext;
 
 /// Why a Kafka admin call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaError {
     #[error("invalid Kafka client setting: {0}")]
     Config(String),
-    #[error("cannot reach the Kafka cluster at {brokers} within {timeout:?}: {message}")]
+    #[error(
+        "cannot reach the Kafka cluster at {brokers} within {timeout:?} (set by -b/--brokers or KAFKA_BROKERS): \
+         {message}"
+    )]
     Unreachable { brokers: String, timeout: Duration, message: String },
     #[error("creating topic {topic} failed: {message}")]
     Create { topic: String, message: String },
     #[error("topic {topic} does not exist on {brokers} (known topics: {known})")]
     UnknownTopic { topic: String, brokers: String, known: String },
+}
+
+/// The context of every client the project's binaries create: librdkafka's
+/// log lines and errors reach the logs once; the same line again within
+/// [`REPEAT_WINDOW`] (numbers aside) is counted instead, and the count is
+/// logged with its next occurrence. (librdkafka repeats a connection error
+/// every few hundred milliseconds, and reports some errors twice.)
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Quiet;
+
+impl ClientContext for Quiet {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        report_log(level, fac, log_message);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        report_error(&error, reason);
+    }
+}
+
+impl ConsumerContext for Quiet {}
+
+impl ProducerContext for Quiet {
+    type DeliveryOpaque = ();
+    fn delivery(&self, _: &DeliveryResult<'_>, _: ()) {}
+}
+
+/// How long an identical librdkafka line stays counted rather than logged.
+pub const REPEAT_WINDOW: Duration = Duration::from_secs(30);
+
+/// Whether `text` should be logged now, and how many like it were held back
+/// since it last was; `None` while it repeats within [`REPEAT_WINDOW`].
+fn first_in_window(text: &str) -> Option<u64> {
+    use std::collections::HashMap;
+    use std::sync::{LazyLock, Mutex};
+    use std::time::Instant;
+    static SEEN: LazyLock<Mutex<HashMap<String, (Instant, u64)>>> = LazyLock::new(Default::default);
+    let key: String = text.chars().map(|c| if c.is_ascii_digit() { '#' } else { c }).collect();
+    let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
+    let now = Instant::now();
+    match seen.get_mut(&key) {
+        Some((last, held)) if now.duration_since(*last) < REPEAT_WINDOW => {
+            *held += 1;
+            None
+        }
+        Some((last, held)) => {
+            *last = now;
+            Some(std::mem::take(held))
+        }
+        None => {
+            if seen.len() >= 4096 {
+                seen.clear();
+            }
+            seen.insert(key, (now, 0));
+            Some(0)
+        }
+    }
+}
+
+/// `text`, with the count of its held-back repeats.
+fn with_repeats(text: String, held: u64) -> String {
+    match held {
+        0 => text,
+        n => format!("{text} (and {n} more like it in the last {}s)", REPEAT_WINDOW.as_secs()),
+    }
+}
+
+/// Logs a librdkafka log line (see [`Quiet`]); for clients with a context of their own.
+pub fn report_log(level: RDKafkaLogLevel, fac: &str, message: &str) {
+    let text = format!("librdkafka: {fac} {message}");
+    let Some(held) = first_in_window(&text) else { return };
+    let text = with_repeats(text, held);
+    match level {
+        RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
+            tracing::error!(target: "librdkafka", "{text}")
+        }
+        RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", "{text}"),
+        RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => tracing::info!(target: "librdkafka", "{text}"),
+        RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", "{text}"),
+    }
+}
+
+/// Logs a librdkafka error event (see [`Quiet`]); for clients with a context of their own.
+pub fn report_error(error: &rdkafka::error::KafkaError, reason: &str) {
+    let text = format!("librdkafka: {error}: {reason}");
+    if let Some(held) = first_in_window(&text) {
+        tracing::error!(target: "librdkafka", "{}", with_repeats(text, held));
+    }
 }
 
 /// A librdkafka configuration from the shared flags plus `defaults`.
@@ -64,7 +157,8 @@ pub fn reader_config(kafka: &KafkaArgs, group: &str) -> Result<ClientConfig, Kaf
 
 /// Topic name → partition count, as the cluster reports it.
 pub fn list_topics(kafka: &KafkaArgs, timeout: Duration) -> Result<BTreeMap<String, i32>, KafkaError> {
-    let consumer: BaseConsumer = client_config(kafka, &[])?.create().map_err(|e| KafkaError::Config(e.to_string()))?;
+    let consumer: BaseConsumer<Quiet> =
+        client_config(kafka, &[])?.create_with_context(Quiet).map_err(|e| KafkaError::Config(e.to_string()))?;
     let md = consumer.fetch_metadata(None, timeout).map_err(|e| KafkaError::Unreachable {
         brokers: kafka.brokers.clone(),
         timeout,
@@ -86,4 +180,19 @@ pub fn partition_count(kafka: &KafkaArgs, topic: &str, timeout: Duration) -> Res
         brokers: kafka.brokers.clone(),
         known: topics.keys().cloned().collect::<Vec<_>>().join(", "),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_repeated_within_the_window_is_held_back_and_counted_numbers_aside() {
+        let line = "librdkafka: FAIL 127.0.0.1:1/bootstrap: Connect failed (after 0ms in state CONNECT)";
+        assert_eq!(first_in_window(line), Some(0), "the first is logged");
+        assert_eq!(first_in_window(&line.replace("0ms", "3ms")), None, "the same line, other numbers: held");
+        assert_eq!(first_in_window(line), None);
+        assert_eq!(first_in_window("librdkafka: another line"), Some(0), "a different line is logged");
+        assert_eq!(with_repeats("x".into(), 2), "x (and 2 more like it in the last 30s)");
+    }
 }

@@ -32,6 +32,7 @@ pub mod process;
 pub mod registry_admin;
 pub mod rules;
 pub mod samples;
+pub mod startup;
 pub mod topics;
 
 pub use codec::{Codec, CodecError, RegistryConfig};

@@ -31,6 +31,21 @@ pub enum AdminError {
     Client { url: String, message: String },
 }
 
+/// An error and its causes, `a: b: c` (reqwest's own text leaves out why a
+/// request failed, e.g. "Connection refused").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let part = c.to_string();
+        if !text.contains(&part) {
+            text = format!("{text}: {part}");
+        }
+        cause = c.source();
+    }
+    text
+}
+
 /// One subject registered.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Registered {
@@ -72,7 +87,7 @@ impl RegistryAdmin {
             url: url.clone(),
             attempts: 1,
             waited: Duration::ZERO,
-            message: e.to_string(),
+            message: error_chain(&e),
         })?;
         let status = resp.status().as_u16();
         let body: serde_json::Value = resp.json().await.unwrap_or(serde_json::Value::Null);
@@ -88,8 +103,17 @@ impl RegistryAdmin {
     }
 
     /// Waits until the registry answers, retrying with capped exponential
-    /// backoff for at most `patience`; the error names the URL.
+    /// backoff for at most `patience` (each retry logged); the error names the URL.
     pub async fn wait_ready(&self, patience: Duration) -> Result<(), AdminError> {
+        self.wait(patience, true).await
+    }
+
+    /// [`RegistryAdmin::wait_ready`] without logging the retries.
+    pub async fn wait_answering(&self, patience: Duration) -> Result<(), AdminError> {
+        self.wait(patience, false).await
+    }
+
+    async fn wait(&self, patience: Duration, log: bool) -> Result<(), AdminError> {
         let start = std::time::Instant::now();
         let mut delay = Duration::from_millis(100);
         let mut attempts = 0;
@@ -106,7 +130,9 @@ impl RegistryAdmin {
                             message,
                         });
                     }
-                    tracing::warn!(url = %self.cfg.url, attempt = attempts, retry_in = ?delay, %message, "schema registry not reachable yet");
+                    if log {
+                        tracing::warn!(url = %self.cfg.url, attempt = attempts, retry_in = ?delay, %message, "schema registry not reachable yet");
+                    }
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }

@@ -309,3 +309,42 @@ async fn the_verifier_reports_forged_duplicated_and_missing_outputs_with_key_top
     assert!(has(2, "orders", "customer-stray", "no fulfillment outcome"), "{violations:#?}");
     stack.down().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn devstack_demo_keep_prints_its_report_and_summary_json_while_the_stack_still_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let summary = dir.path().join("demo.json");
+    let stdout = dir.path().join("stdout.txt");
+    let mut demo = std::process::Command::new(bin("devstack"))
+        .args(["demo", "--duration", "5s", "--no-install", "--keep", "--summary-json", summary.to_str().unwrap()])
+        .args(["--data-dir", dir.path().join("demo").to_str().unwrap()])
+        .stdout(std::fs::File::create(&stdout).unwrap())
+        .stderr(std::fs::File::create(dir.path().join("stderr.txt")).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while !summary.exists() {
+        if let Some(status) = demo.try_wait().unwrap() {
+            panic!("demo --keep exited ({status}) before writing its summary");
+        }
+        assert!(std::time::Instant::now() < deadline, "no summary JSON after 300 s");
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert!(demo.try_wait().unwrap().is_none(), "the stack still runs once the report is out");
+    let report = std::fs::read_to_string(&stdout).unwrap();
+    assert!(report.contains("== keyflow demo report =="), "the report is printed before Ctrl-C:\n{report}");
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+    assert_eq!(json["ok"], true, "{json}");
+    // Ctrl-C stops it cleanly.
+    std::process::Command::new("kill").args(["-INT", &demo.id().to_string()]).status().unwrap();
+    let stopped = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = demo.try_wait().unwrap() {
+            break s;
+        }
+        assert!(stopped.elapsed() < std::time::Duration::from_secs(60), "demo --keep still runs 60 s after Ctrl-C");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert!(status.success(), "demo --keep after Ctrl-C: {status}");
+}

@@ -18,6 +18,7 @@ use keyflow_consumers::workers::{Retention, WorkerKind};
 use keyflow_schemas::client::{parse_duration, KafkaArgs, RegistryArgs};
 use keyflow_schemas::logging::{self, LogFormat};
 use keyflow_schemas::rules::RuleArgs;
+use keyflow_schemas::startup::STARTUP_PATIENCE;
 use keyflow_schemas::topics::TopicNames;
 use keyflow_schemas::Codec;
 
@@ -120,7 +121,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     cfg.validate().map_err(anyhow::Error::msg)?;
     args.rules.rules.validate().map_err(anyhow::Error::msg)?;
-    let partitions = preflight::check_topics(&args.kafka, &args.topics, args.worker, Duration::from_secs(15))?;
+    keyflow_schemas::startup::check_reachable(&args.kafka, Some(&args.registry), STARTUP_PATIENCE).await?;
+    let partitions = preflight::check_topics(&args.kafka, &args.topics, args.worker, STARTUP_PATIENCE)?;
     tracing::info!(worker = name, partitions, "topics checked");
     let codec = Arc::new(Codec::new(&args.registry.config().map_err(anyhow::Error::msg)?)?);
 

@@ -3,7 +3,6 @@
 //! setup and inspection commands that work against any cluster.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use keyflow_infra::stack::{self, Stack, StackOptions};
@@ -11,6 +10,7 @@ use keyflow_infra::{demo, inspect, kafka, smoke, tail, verify};
 use keyflow_schemas::client::{KafkaArgs, RegistryArgs};
 use keyflow_schemas::logging::{self, LogFormat};
 use keyflow_schemas::rules::RuleArgs;
+use keyflow_schemas::startup::STARTUP_PATIENCE;
 use keyflow_schemas::topics::TopicNames;
 use keyflow_schemas::Codec;
 
@@ -149,6 +149,11 @@ fn print_stack(stack: &Stack) {
     println!("  broker log: {}", stack.broker_log().display());
 }
 
+/// The start-up check of the commands that work on an existing cluster.
+async fn reachable(kafka: &KafkaArgs, registry: Option<&RegistryArgs>) -> anyhow::Result<()> {
+    Ok(keyflow_schemas::startup::check_reachable(kafka, registry, STARTUP_PATIENCE).await?)
+}
+
 async fn run(cmd: Cmd) -> anyhow::Result<()> {
     match cmd {
         Cmd::Up(a) => {
@@ -167,12 +172,18 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             stack.down().await;
         }
         Cmd::Demo(args) => {
-            let report = demo::run(&args).await?;
-            print!("{}", report.text());
-            if let Some(path) = &args.summary_json {
-                std::fs::write(path, serde_json::to_string_pretty(&report)?)
-                    .map_err(|e| anyhow::anyhow!("--summary-json {}: {e}", path.display()))?;
-            }
+            let report = demo::run(&args, |report| {
+                use std::io::Write;
+                let mut out = std::io::stdout().lock();
+                write!(out, "{}", report.text())?;
+                out.flush()?;
+                if let Some(path) = &args.summary_json {
+                    std::fs::write(path, serde_json::to_string_pretty(report)?)
+                        .map_err(|e| anyhow::anyhow!("--summary-json {}: {e}", path.display()))?;
+                }
+                Ok(())
+            })
+            .await?;
             if !report.ok {
                 std::process::exit(2);
             }
@@ -182,6 +193,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             println!("{}", path.display());
         }
         Cmd::Init { kafka, registry, partitions, replication_factor, json } => {
+            reachable(&kafka, Some(&registry)).await?;
             let report = stack::init(&kafka, &registry, Some(partitions), Some(replication_factor)).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
@@ -195,6 +207,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             }
         }
         Cmd::Smoke { kafka, registry, json } => {
+            reachable(&kafka, Some(&registry)).await?;
             let report = smoke::run(&kafka, &registry).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
@@ -204,7 +217,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             anyhow::ensure!(report.ok, "some events did not read back identical");
         }
         Cmd::Topics { kafka, json } => {
-            let topics = kafka::list_topics(&kafka, Duration::from_secs(15))?;
+            let topics = kafka::list_topics(&kafka, STARTUP_PATIENCE)?;
             if json {
                 let list: Vec<_> =
                     topics.iter().map(|(n, p)| serde_json::json!({"name": n, "partitions": p})).collect();
@@ -216,6 +229,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             }
         }
         Cmd::Verify { kafka, registry, topics, rules, json } => {
+            reachable(&kafka, Some(&registry)).await?;
             let codec = Codec::new(&registry.config().map_err(anyhow::Error::msg)?)?;
             let settings = verify::Settings { names: topics, rules, latency_from_ms: None };
             let report = verify::verify(&kafka, &codec, &settings, |p| eprintln!("verify: {p}")).await?;
@@ -229,6 +243,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             }
         }
         Cmd::Tail { args, kafka, registry } => {
+            reachable(&kafka, Some(&registry)).await?;
             let codec = Codec::new(&registry.config().map_err(anyhow::Error::msg)?)?;
             let mut stdout = std::io::stdout().lock();
             let summary = tail::tail(&kafka, &codec, &args, keyflow_schemas::process::shutdown_signal(), |v| {
@@ -243,6 +258,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             );
         }
         Cmd::Peek { topic, kafka, registry, count, json } => {
+            reachable(&kafka, Some(&registry)).await?;
             let codec = Codec::new(&registry.config().map_err(anyhow::Error::msg)?)?;
             for r in inspect::peek(&kafka, &codec, &topic, count).await? {
                 if json {
