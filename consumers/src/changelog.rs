@@ -376,6 +376,8 @@ pub struct Restored<S> {
     /// Records skipped because an owner that had lost the partition wrote them
     /// after a newer owner's claim.
     pub fenced: usize,
+    /// The lineage the result follows: the offset of the latest claim read.
+    pub lineage: Option<i64>,
 }
 
 impl<S> Default for Restored<S> {
@@ -387,6 +389,7 @@ impl<S> Default for Restored<S> {
             unpublished: vec![],
             dropped_tail: 0,
             fenced: 0,
+            lineage: None,
         }
     }
 }
@@ -529,6 +532,7 @@ pub fn restore<S: DeserializeOwned + Default + Clone>(
     walked.check()?;
     let mut r = walked.r;
     r.dropped_tail = walked.pending.len() + walked.pending_outbox.len();
+    r.lineage = walked.current;
     Ok(r)
 }
 

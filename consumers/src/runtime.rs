@@ -337,11 +337,21 @@ impl<W: Worker> Ctx<W> {
         let mut tasks = lock(&self.tasks);
         self.metrics.restoring.set(partitions.len() as i64);
         tracing::info!(worker = self.worker.name(), ?partitions, "partitions assigned; restoring their tasks");
+        let claims = match self.cfg.guarantee.records() && !partitions.is_empty() {
+            true => with_retry("claiming the assigned partitions", &self.metrics, || {
+                claim_partitions(&self.cfg, &self.state_topic, &partitions)
+            }),
+            false => Ok(BTreeMap::new()),
+        };
+        let claims = claims.unwrap_or_else(|e| {
+            tracing::error!(worker = self.worker.name(), error = %format!("{e:#}"), "claiming the assigned partitions failed; exiting");
+            std::process::exit(70);
+        });
         for p in partitions.iter().copied() {
             let started = Instant::now();
-            let restored = match self.cfg.guarantee.records() {
-                true => restore_with_retry(&*self.worker, &self.cfg, p, &self.metrics),
-                false => Ok((Task::empty(), RestoreStats { republished: 0 })),
+            let restored = match claims.get(&p) {
+                Some(c) => restore_with_retry(&*self.worker, &self.cfg, p, &self.metrics, Restore::Claimed(*c)),
+                None => Ok((Task::empty(), RestoreStats { republished: 0 })),
             };
             match restored {
                 Ok((task, stats)) => {
@@ -459,27 +469,94 @@ struct RestoreStats {
 }
 
 /// Restores partition `p`, retrying failures (a broker down, a leader
-/// moving) with capped backoff for up to [`RESTORE_PATIENCE`].
+/// moving) with capped backoff for up to [`RESTORE_PATIENCE`]; every try
+/// reads up to the same claim.
 fn restore_with_retry<W: Worker>(
     worker: &W,
     cfg: &RuntimeConfig,
     p: i32,
     metrics: &WorkerMetrics,
+    how: Restore,
 ) -> anyhow::Result<(Task<W::State>, RestoreStats)> {
+    with_retry(&format!("restoring partition {p}"), metrics, || restore_task(worker, cfg, p, metrics, how))
+}
+
+/// Runs `attempt` until it succeeds, retrying failures with capped backoff
+/// for up to [`RESTORE_PATIENCE`] (not a changelog that breaks the protocol,
+/// nor a partition another member claimed: retrying cannot help those).
+fn with_retry<T>(
+    what: &str,
+    metrics: &WorkerMetrics,
+    mut attempt: impl FnMut() -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
     let started = Instant::now();
     let mut delay = Duration::from_millis(500);
     loop {
-        match restore_task(worker, cfg, p, metrics) {
+        match attempt() {
             Ok(r) => return Ok(r),
-            Err(e) if started.elapsed() < RESTORE_PATIENCE && !e.is::<Unrestorable>() => {
+            Err(e) if started.elapsed() < RESTORE_PATIENCE && !e.is::<Unrestorable>() && !e.is::<Claimed>() => {
                 metrics.retries.with_label_values(&[metrics::RETRY_RESTORE]).inc();
-                tracing::warn!(partition = p, error = %format!("{e:#}"), retry_in = ?delay, "restore failed; retrying");
+                tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "{what} failed; retrying");
                 std::thread::sleep(delay);
                 delay = (delay * 2).min(Duration::from_secs(10));
             }
             Err(e) => return Err(e),
         }
     }
+}
+
+/// An owner's claim on a changelog partition (see [`changelog::Entry::Claim`]).
+#[derive(Debug, Clone, Copy)]
+struct Claim {
+    /// The snapshot its restore starts from.
+    base: Option<i64>,
+    /// Its offset: the owner's lineage.
+    offset: i64,
+}
+
+/// What a restore reads up to.
+#[derive(Debug, Clone, Copy)]
+enum Restore {
+    /// A new owner's: up to its claim.
+    Claimed(Claim),
+    /// An exactly-once rollback's: up to the last stable offset, as the
+    /// same owner (no new claim: a claim written by a member that may have
+    /// lost the partition meanwhile would fence its new owner).
+    Rollback { lineage: Option<i64> },
+}
+
+/// Another member claimed the partition after this one: it lost it.
+#[derive(Debug, thiserror::Error)]
+#[error("partition {partition} was claimed by another member at changelog offset {claim}")]
+struct Claimed {
+    partition: i32,
+    claim: i64,
+}
+
+/// Claims every newly assigned partition at once, right after the
+/// assignment (before any restore, which may take long: a claim written
+/// after the member lost the partition again would fence its new owner).
+fn claim_partitions(
+    cfg: &RuntimeConfig,
+    topic: &str,
+    partitions: &BTreeSet<i32>,
+) -> anyhow::Result<BTreeMap<i32, Claim>> {
+    // Outside any transaction: a claim stands whatever its owner does next.
+    let producer: FutureProducer<Quiet> = client_config(&cfg.kafka, PRODUCER_DEFAULTS)?.create_with_context(Quiet)?;
+    let mut claims = Vec::with_capacity(partitions.len());
+    for &p in partitions {
+        let base = ChangelogSource::open(cfg, topic, p, None)?.start_pointer()?;
+        let record =
+            Outgoing::changelog(topic, p, "__claim", &Entry::Claim { base }, Stamp { snapshot: base, lineage: None })?;
+        let delivery = futures::executor::block_on(enqueue(&producer, &record))?;
+        claims.push((p, base, delivery));
+    }
+    let mut out = BTreeMap::new();
+    for (p, base, delivery) in claims {
+        let offset = delivered(Some(futures::executor::block_on(delivery)), format_args!("the claim on {topic}[{p}]"))?;
+        out.insert(p, Claim { base, offset });
+    }
+    Ok(out)
 }
 
 /// Where task `p` resumes on each input: its checkpoint, or the group's
@@ -659,7 +736,8 @@ struct ChangelogSource<'a> {
     cfg: &'a RuntimeConfig,
     topic: &'a str,
     p: i32,
-    metrics: &'a WorkerMetrics,
+    /// Restore progress metrics (none for a look at the tail).
+    metrics: Option<&'a WorkerMetrics>,
     /// Reads stop at the last stable offset and skip commit markers.
     txn: bool,
     /// The consumer that asked for the watermarks has read nothing yet: the
@@ -674,7 +752,12 @@ struct ChangelogSource<'a> {
 }
 
 impl<'a> ChangelogSource<'a> {
-    fn open(cfg: &'a RuntimeConfig, topic: &'a str, p: i32, metrics: &'a WorkerMetrics) -> anyhow::Result<Self> {
+    fn open(
+        cfg: &'a RuntimeConfig,
+        topic: &'a str,
+        p: i32,
+        metrics: Option<&'a WorkerMetrics>,
+    ) -> anyhow::Result<Self> {
         // read_committed (the reader's default): `high` is the last stable offset.
         let asked = Self::client(cfg)?;
         let (low, high) = asked.fetch_watermarks(topic, p, Duration::from_secs(30))?;
@@ -740,7 +823,10 @@ impl changelog::Source for ChangelogSource<'_> {
     fn read(&mut self, from: Option<i64>, to: i64, each: &mut dyn FnMut(Record) -> bool) -> Result<(), RestoreError> {
         let first = self.records == 0;
         let start = from.unwrap_or(self.low);
-        let mut reader = self.reader((start, to), from.is_some()).map_err(RestoreError::Read)?.counting(self.metrics);
+        let mut reader = self.reader((start, to), from.is_some()).map_err(RestoreError::Read)?;
+        if let Some(m) = self.metrics {
+            reader = reader.counting(m);
+        }
         for record in reader.by_ref() {
             if !each(record) {
                 break;
@@ -756,42 +842,41 @@ impl changelog::Source for ChangelogSource<'_> {
     }
 }
 
-/// Rebuilds partition `p`'s task from its changelog and claims the
-/// partition: finds the latest snapshot (the pointer in the last record),
-/// appends an [`Entry::Claim`] so that whatever a previous owner still writes
-/// is skipped by every later restore, reads from the snapshot up to the
-/// claim under the rules of [`changelog::restore`], and re-publishes what was
-/// decided but not published. A changelog that breaks the protocol stops
-/// the task with the reason: it never runs on a state older than its checkpoint.
+/// Rebuilds partition `p`'s task from its changelog: from its latest
+/// snapshot up to its claim (a new owner) or the end (a rollback), under the
+/// rules of [`changelog::restore`], and re-publishes what was decided but
+/// not published. A changelog that breaks the protocol stops the task with
+/// the reason: it never runs on a state older than its checkpoint.
 fn restore_task<W: Worker>(
     worker: &W,
     cfg: &RuntimeConfig,
     p: i32,
     metrics: &WorkerMetrics,
+    how: Restore,
 ) -> anyhow::Result<(Task<W::State>, RestoreStats)> {
     let name = worker.name();
     let started = Instant::now();
     let topic = cfg.names.get(&state_topic(name));
-    let mut source = ChangelogSource::open(cfg, &topic, p, metrics)?;
-    let base = source.start_pointer()?;
-    // Outside any transaction: the claim stands whatever this owner does next.
-    let producer: FutureProducer<Quiet> = client_config(&cfg.kafka, PRODUCER_DEFAULTS)?.create_with_context(Quiet)?;
-    let claim =
-        Outgoing::changelog(&topic, p, "__claim", &Entry::Claim { base }, Stamp { snapshot: base, lineage: None })?;
-    let claimed = futures::executor::block_on(async {
-        let d = enqueue(&producer, &claim).await?;
-        delivered(Some(d.await), format_args!("the claim on {topic}[{p}]"))
-    })?;
-    let restored = match changelog::restore::<W::State>(&mut source, base, claimed) {
+    let mut source = ChangelogSource::open(cfg, &topic, p, Some(metrics))?;
+    let (base, end, lineage) = match how {
+        Restore::Claimed(c) => (c.base, c.offset, Some(c.offset)),
+        Restore::Rollback { lineage } => (source.start_pointer()?, source.high, lineage),
+    };
+    let restored = match changelog::restore::<W::State>(&mut source, base, end) {
         Ok(r) => r,
         Err(RestoreError::Read(e)) => return Err(e.context(format!("restoring {topic}[{p}]"))),
         Err(corrupt) => return Err(Unrestorable(format!("{topic}[{p}]: {corrupt}")).into()),
     };
-    let stamp = Stamp { snapshot: base, lineage: Some(claimed) };
+    if let (Restore::Rollback { .. }, Some(claim)) = (how, restored.lineage.filter(|l| Some(*l) != lineage)) {
+        return Err(Claimed { partition: p, claim }.into());
+    }
+    let producer: FutureProducer<Quiet> = client_config(&cfg.kafka, PRODUCER_DEFAULTS)?.create_with_context(Quiet)?;
+    let stamp = Stamp { snapshot: base, lineage };
     let states = restored.states;
     let pending = states.values().map(|ks| worker.pending(&ks.state) as i64).sum();
     let republished = restored.unpublished.iter().map(|(_, o)| o.len() as u64).sum();
-    let mut ownership = Ownership::new(claimed);
+    // Checked up to the claim itself (a rollback's owner is not checked).
+    let mut ownership = Ownership::new(lineage.unwrap_or(end - 1));
     if !restored.unpublished.is_empty() {
         futures::executor::block_on(async {
             for (batch, outbox) in &restored.unpublished {
@@ -821,14 +906,14 @@ fn restore_task<W: Worker>(
     }
     tracing::info!(
         worker = name, partition = p, keys = states.len(), records = source.records, bytes = source.bytes, from_snapshot = ?base,
-        claim = claimed, took = ?started.elapsed(), dropped_tail = restored.dropped_tail, "task restored"
+        lineage = ?lineage, took = ?started.elapsed(), dropped_tail = restored.dropped_tail, "task restored"
     );
     let task = Task {
         states,
         next_batch: restored.last_batch + 1,
         checkpoint: restored.checkpoint,
         snapshot: base,
-        lineage: Some(claimed),
+        lineage,
         ownership,
         since_snapshot: source.bytes - source.snapshot_bytes,
         snapshot_bytes: source.snapshot_bytes,
@@ -1122,6 +1207,10 @@ struct Runtime<W: Worker> {
     dlq_topic: String,
     /// The producer's `transactional.id` (exactly-once only; for messages).
     transactional_id: String,
+    /// Another member claimed a partition of this one: leave the group and
+    /// join again, so the group's assignment and the claims agree again
+    /// (whichever member was wrong about the partition).
+    rejoin: AtomicBool,
 }
 
 impl<W: Worker> Runtime<W> {
@@ -1499,7 +1588,9 @@ impl<W: Worker> Runtime<W> {
                 }
                 let started = Instant::now();
                 let task = loop {
-                    let (task, _) = restore_with_retry(&*self.worker, &self.cfg, p, &self.metrics)?;
+                    let lineage = lock(&self.tasks).get(&p).and_then(|t| t.lineage);
+                    let how = Restore::Rollback { lineage };
+                    let (task, _) = restore_with_retry(&*self.worker, &self.cfg, p, &self.metrics, how)?;
                     if task.next_batch >= next {
                         break task;
                     }
@@ -1547,7 +1638,7 @@ impl<W: Worker> Runtime<W> {
             None => return Ok(None),
         };
         let Some(lineage) = lineage else { return Ok(None) };
-        if written as i64 >= last - verified {
+        if written as i64 == last - verified {
             self.verified(p, last);
             return Ok(None);
         }
@@ -1622,16 +1713,21 @@ impl<W: Worker> Runtime<W> {
                         worker = self.worker.name(),
                         partition = p,
                         claim,
-                        "another member claimed this partition: this one stops writing it until the group \
-                         reassigns it (what it wrote since is skipped by every restore)"
+                        "another member claimed this partition: this one stops writing it and rejoins the group \
+                         (what it wrote since is skipped by every restore)"
                     );
                     let mut tasks = lock(&self.tasks);
                     tasks.remove(&p);
                     self.metrics.assigned.set(tasks.len() as i64);
+                    self.rejoin.store(true, Ordering::Relaxed);
                     return Ok(());
                 }
                 Err(e) => {
                     tracing::warn!(partition = p, error = %format!("{e:#}"), "could not check the partition's owner; the snapshot is not used");
+                    // Try again after another interval, not at every batch.
+                    if let Some(t) = lock(&self.tasks).get_mut(&p) {
+                        t.since_snapshot = 0;
+                    }
                     return Ok(());
                 }
             }
@@ -1717,6 +1813,7 @@ pub async fn run<W: Worker>(
         runner: KeyedRunner::new(cfg.max_in_flight),
         state_topic,
         transactional_id: txn_id,
+        rejoin: AtomicBool::new(false),
         dlq_topic: cfg.names.get(&dlq_topic(name)),
         worker,
         codec,
@@ -1930,6 +2027,12 @@ async fn consume<W: Worker>(
         // 4. Group offsets of published batches, for lag monitoring only (the
         // checkpoint is the truth).
         commit_offsets(consumer, &committable, CommitMode::Async);
+        if rt.rejoin.swap(false, Ordering::Relaxed) {
+            tracing::warn!(worker = rt.worker.name(), "leaving the group and joining again");
+            let inputs: Vec<String> = rt.cfg.inputs.iter().map(|t| rt.cfg.names.get(t)).collect();
+            consumer.unsubscribe();
+            consumer.subscribe(&inputs.iter().map(String::as_str).collect::<Vec<_>>())?;
+        }
         if *stop.borrow() {
             return Ok(());
         }

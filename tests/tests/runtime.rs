@@ -519,3 +519,49 @@ async fn an_instance_beyond_the_partition_count_stays_up_ready_and_idle() {
     assert_eq!(sorted, vec![0, 1, 1, 1], "partitions per instance: {assigned:?}\n{}", log_tail(&log));
     stack.down().await;
 }
+
+/// Another member's claim on a partition this worker is writing (what a
+/// member dropped from the group meets when the partition's new owner has
+/// restored): the worker finds it before it points anything at its next
+/// snapshot, stops writing the partition, rejoins the group, claims the
+/// partition again and carries on; every restore skips what it wrote in
+/// between, and every invariant holds.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_newer_claim_on_its_partition_makes_a_worker_stop_writing_it_rejoin_and_keep_every_invariant() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let dir = tempfile::tempdir().unwrap();
+    let count = 8_000u64;
+    let stack = stack_with_orders(dir.path(), 1, count).await;
+    let (brokers, registry) = (stack.kafka.brokers.clone(), stack.registry.registry.clone());
+    let codec = Codec::new(&RegistryConfig::new(&registry)).unwrap();
+    let (want, _) = expected(count, 3);
+    let want_total: usize = want.values().map(Vec::len).sum();
+    let log = dir.path().join("worker.log");
+    let extra = ["--snapshot-interval-bytes", "50000", "--max-batch", "50", "--delay", "1ms"];
+    let mut w = spawn_worker_with(&brokers, &registry, "", &log, &extra);
+    let mut tail = Tail::new(&brokers, "loyalty", 1);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while tail.distinct(&codec).await < want_total / 4 && Instant::now() < deadline {}
+    // The claim another owner appends before its restore (base: the log start).
+    let producer: FutureProducer = rdkafka::ClientConfig::new().set("bootstrap.servers", &brokers).create().unwrap();
+    let claim =
+        FutureRecord::to("counter-state").partition(0).key("__claim").payload(r#"{"kind":"claim","base":null}"#);
+    let at = producer.send(claim, Duration::from_secs(10)).await.unwrap().offset;
+    while Instant::now() < deadline {
+        let logs = std::fs::read_to_string(&log).unwrap_or_default();
+        if logs.contains("another member claimed this partition") && tail.distinct(&codec).await >= want_total {
+            break;
+        }
+        assert!(w.try_wait().unwrap().is_none(), "the worker exited:\n{}", log_tail(&log));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let _ = w.kill();
+    let _ = w.wait();
+    let logs = std::fs::read_to_string(&log).unwrap();
+    assert!(logs.contains("another member claimed this partition"), "the claim at {at} was found:\n{}", log_tail(&log));
+    assert!(logs.contains("leaving the group and joining again"), "{}", log_tail(&log));
+    assert_eq!(logs.matches("partitions assigned").count(), 2, "assigned again after rejoining:\n{}", log_tail(&log));
+    let copies = verify_outputs(&stack.kafka, &codec, &want).await;
+    eprintln!("claim at offset {at}; {copies} raw copies");
+    stack.down().await;
+}
