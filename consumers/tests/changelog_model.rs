@@ -211,6 +211,17 @@ impl Model {
         false
     }
 
+    /// Now and then, another member claims the partition in the middle of
+    /// an owner's records (which it goes on writing). `true` when the schedule
+    /// must end (a restore refused the log).
+    fn interloper(&mut self) -> bool {
+        if self.calm || !self.rng.random_bool(0.02) {
+            return false;
+        }
+        self.trace.push("a claim lands between an owner's records".into());
+        self.claim().is_err()
+    }
+
     /// A new owner: the runtime's `restore_task` (claim, restore up to the
     /// claim, re-publish), with every check of the restored state.
     fn claim(&mut self) -> Result<usize, End> {
@@ -303,6 +314,11 @@ impl Model {
             if self.crash(o, 0.03, "while recording") {
                 return;
             }
+            // Another member takes the partition over between two records;
+            // this owner, not knowing, writes the rest.
+            if self.interloper() {
+                return;
+            }
             self.append(o, e);
         }
         let owner = &mut self.owners[o];
@@ -341,7 +357,7 @@ impl Model {
         self.trace.push(format!("owner {o} snapshots batch {batch} in {} parts", parts.len()));
         let mut first = None;
         for e in parts {
-            if self.crash(o, 0.05, "while snapshotting") {
+            if self.crash(o, 0.05, "while snapshotting") || self.interloper() {
                 return;
             }
             let at = self.append(o, e);
