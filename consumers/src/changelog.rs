@@ -895,27 +895,24 @@ impl Entry {
     /// The record key the entry is written with (not read: every changelog
     /// record names its partition).
     pub fn record_key(&self) -> &'static str {
-        match self {
-            Entry::State { .. } => "__state",
-            Entry::States { .. } => "__states",
-            Entry::Outbox { .. } => "__outbox",
-            Entry::Commit { .. } => "__commit",
-            Entry::Published { .. } => "__published",
-            Entry::Snapshot { .. } => "__snapshot",
-            Entry::Claim { .. } => "__claim",
-        }
+        self.names().1
     }
 
     /// The entry's kind, for messages.
     pub fn kind(&self) -> &'static str {
+        self.names().0
+    }
+
+    /// The entry's kind and its record key.
+    fn names(&self) -> (&'static str, &'static str) {
         match self {
-            Entry::State { .. } => "state",
-            Entry::States { .. } => "states",
-            Entry::Outbox { .. } => "outbox",
-            Entry::Commit { .. } => "commit",
-            Entry::Published { .. } => "published",
-            Entry::Snapshot { .. } => "snapshot",
-            Entry::Claim { .. } => "claim",
+            Entry::State { .. } => ("state", "__state"),
+            Entry::States { .. } => ("states", "__states"),
+            Entry::Outbox { .. } => ("outbox", "__outbox"),
+            Entry::Commit { .. } => ("commit", "__commit"),
+            Entry::Published { .. } => ("published", "__published"),
+            Entry::Snapshot { .. } => ("snapshot", "__snapshot"),
+            Entry::Claim { .. } => ("claim", "__claim"),
         }
     }
 }

@@ -546,8 +546,7 @@ fn claim_partitions(
     let mut claims = Vec::with_capacity(partitions.len());
     for &p in partitions {
         let base = ChangelogSource::open(cfg, topic, p, None)?.start_pointer()?;
-        let record =
-            Outgoing::changelog(topic, p, "__claim", &Entry::Claim { base }, Stamp { snapshot: base, lineage: None })?;
+        let record = Outgoing::changelog(topic, p, &Entry::Claim { base }, Stamp { snapshot: base, lineage: None })?;
         let delivery = futures::executor::block_on(enqueue(&producer, &record))?;
         claims.push((p, base, delivery));
     }
@@ -1011,20 +1010,19 @@ impl<'a> Outgoing<'a> {
 
     /// A changelog record; it carries the latest snapshot's offset and its
     /// writer's lineage (see [`SNAPSHOT_HEADER`], [`LINEAGE_HEADER`]).
-    fn changelog(topic: &'a str, p: i32, key: &'a str, entry: &Entry, stamp: Stamp) -> anyhow::Result<Self> {
+    fn changelog(topic: &'a str, p: i32, entry: &Entry, stamp: Stamp) -> anyhow::Result<Self> {
         let mut headers = OwnedHeaders::new();
         for (name, value) in [(SNAPSHOT_HEADER, stamp.snapshot), (LINEAGE_HEADER, stamp.lineage)] {
             if let Some(o) = value {
                 headers = headers.insert(Header { key: name, value: Some(&o.to_string()) });
             }
         }
-        Ok(Self { topic, partition: Some(p), key, value: serde_json::to_vec(entry)?, headers })
+        Ok(Self { topic, partition: Some(p), key: entry.record_key(), value: serde_json::to_vec(entry)?, headers })
     }
 
     /// The marker saying batch `batch`'s outbox is published.
     fn published(topic: &'a str, p: i32, batch: u64, stamp: Stamp) -> anyhow::Result<Self> {
-        let entry = Entry::Published { batch };
-        Self::changelog(topic, p, entry.record_key(), &entry, stamp)
+        Self::changelog(topic, p, &Entry::Published { batch }, stamp)
     }
 
     fn record(&self) -> FutureRecord<'_, str, Vec<u8>> {
@@ -1123,7 +1121,7 @@ fn decision_records<'a, S: serde::Serialize>(
     changelog::batch_entries(batch, checkpoint, outbox, changed, MAX_COMMIT_BYTES)?
         .iter()
         // The record key is not used: every changelog record names its partition.
-        .map(|e| Outgoing::changelog(topic, p, e.record_key(), e, stamp))
+        .map(|e| Outgoing::changelog(topic, p, e, stamp))
         .collect()
 }
 
@@ -1691,7 +1689,7 @@ impl<W: Worker> Runtime<W> {
         let mut bytes = 0u64;
         for entry in snapshot {
             let entry = entry?;
-            let record = Outgoing::changelog(topic, p, entry.record_key(), &entry, old)?;
+            let record = Outgoing::changelog(topic, p, &entry, old)?;
             bytes += record.value.len() as u64;
             in_flight.push_back(enqueue(&self.producer, &record).await?);
             while in_flight.len() >= SNAPSHOT_PARTS_IN_FLIGHT {
