@@ -537,11 +537,17 @@ async fn a_newer_claim_on_its_partition_makes_a_worker_stop_writing_it_rejoin_an
     let (want, _) = expected(count, 3);
     let want_total: usize = want.values().map(Vec::len).sum();
     let log = dir.path().join("worker.log");
-    let extra = ["--snapshot-interval-bytes", "50000", "--max-batch", "50", "--delay", "1ms"];
+    // Slow enough (5 ms an input, one at a time) that it still works, and
+    // snapshots, well after the claim.
+    let extra = ["--snapshot-interval-bytes", "50000", "--max-batch", "20", "--delay", "5ms", "--max-in-flight", "1"];
     let mut w = spawn_worker_with(&brokers, &registry, "", &log, &extra);
     let mut tail = Tail::new(&brokers, "loyalty", 1);
     let deadline = Instant::now() + Duration::from_secs(300);
-    while tail.distinct(&codec).await < want_total / 4 && Instant::now() < deadline {}
+    let snapshots = || std::fs::read_to_string(&log).unwrap_or_default().matches("state snapshot written").count();
+    while snapshots() < 3 {
+        assert!(Instant::now() < deadline, "no snapshots:\n{}", log_tail(&log));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // The claim another owner appends before its restore (base: the log start).
     let producer: FutureProducer = rdkafka::ClientConfig::new().set("bootstrap.servers", &brokers).create().unwrap();
     let claim =
