@@ -176,19 +176,22 @@ async fn bad_flags_are_refused_and_undeliverable_events_are_counted_and_fail_the
     let (_, err) = text(&out);
     assert!(!out.status.success() && err.contains("SCHEMA_REGISTRY_URL"), "{err}");
 
-    // A broker that is not there: events are retried until delivery.timeout.ms, then counted as failed.
+    // A broker that answers at start-up, then refuses every produce (fault
+    // injection on librdkafka's mock cluster): events are retried until
+    // delivery.timeout.ms, then counted as failed.
     let dir = tempfile::tempdir().unwrap();
-    let stack = start(&options(dir.path(), 1)).await;
+    let stack = keyflow_e2e::counter::MockStack::start(dir.path(), 1).await;
+    let refusals = [rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 1000];
+    stack.cluster.request_errors(rdkafka::types::RDKafkaApiKey::Produce, &refusals);
     let sum = dir.path().join("s.json");
-    let dead = format!("127.0.0.1:{}", free_port());
     let out = run(
         "producer",
         &[
             "orders",
             "-b",
-            &dead,
+            &stack.brokers,
             "--registry",
-            &stack.registry.registry,
+            &stack.registry,
             "--count",
             "5",
             "--rate",
@@ -209,7 +212,6 @@ async fn bad_flags_are_refused_and_undeliverable_events_are_counted_and_fail_the
         "{s}"
     );
     assert!(err.contains("delivery failed"), "{err}");
-    stack.down().await;
 }
 
 #[tokio::test]

@@ -273,11 +273,18 @@ async fn a_30_s_registry_outage_sends_no_good_record_to_the_dlq_and_processing_r
     while outputs(&stack.kafka, &codec).await.0.is_empty() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    // Outage: the registry goes away, and the worker restarts with nothing cached.
-    stack.stop_registry().await;
+    // The worker restarts with nothing cached, and once it is past its
+    // start-up check (which would refuse a registry that never answers),
+    // the registry goes away.
     w.kill().unwrap();
     w.wait().unwrap();
+    let started = std::fs::read_to_string(&log).unwrap_or_default().matches("worker started").count();
     let mut w = spawn_worker(&brokers, &registry, "a", &log);
+    while std::fs::read_to_string(&log).unwrap_or_default().matches("worker started").count() == started {
+        assert!(Instant::now() < deadline, "the worker did not start:\n{}", log_tail(&log));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stack.stop_registry().await;
     tokio::time::sleep(Duration::from_secs(30)).await;
     let dlq_during = read_raw(&stack.kafka, "counter.dlq", usize::MAX).await.unwrap();
     assert!(
@@ -443,10 +450,16 @@ async fn sigterm_while_waiting_out_a_registry_outage_exits_0_within_10_s_and_los
     let (brokers, registry) = (stack.kafka.brokers.clone(), stack.registry.registry.clone());
     let codec = Codec::new(&RegistryConfig::new(&registry)).unwrap();
     let (want, _) = expected(count, 3);
-    stack.stop_registry().await;
+    // The registry goes away once the worker is past its start-up check
+    // (which would refuse a registry that never answers), before it decodes.
     let log = dir.path().join("worker.log");
     let mut w = spawn_worker(&brokers, &registry, "a", &log);
     let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("worker started") {
+        assert!(Instant::now() < deadline, "the worker did not start:\n{}", log_tail(&log));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stack.stop_registry().await;
     while !std::fs::read_to_string(&log).unwrap_or_default().contains("registry unavailable") {
         assert!(Instant::now() < deadline, "the worker never hit the outage");
         tokio::time::sleep(Duration::from_millis(200)).await;

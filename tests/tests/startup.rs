@@ -21,7 +21,7 @@ fn commands(replay: &str) -> Vec<(&'static str, Vec<String>, bool)> {
         c("producer", &["orders", "--count", "1"], true),
         c("producer", &["properties", "--count", "1"], true),
         c("producer", &["replay", replay], true),
-        c("worker", &["counter"], true),
+        c("worker", &["payment"], true),
         c("devstack", &["init"], true),
         c("devstack", &["smoke"], true),
         c("devstack", &["verify"], true),

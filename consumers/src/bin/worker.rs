@@ -121,8 +121,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     cfg.validate().map_err(anyhow::Error::msg)?;
     args.rules.rules.validate().map_err(anyhow::Error::msg)?;
-    keyflow_schemas::startup::check_reachable(&args.kafka, Some(&args.registry), STARTUP_PATIENCE).await?;
+    // The cluster and its topics first (a topic problem is reported whatever the registry does), then the registry.
     let partitions = preflight::check_topics(&args.kafka, &args.topics, args.worker, STARTUP_PATIENCE)?;
+    keyflow_schemas::startup::check_reachable(&args.kafka, Some(&args.registry), STARTUP_PATIENCE).await?;
     tracing::info!(worker = name, partitions, "topics checked");
     let codec = Arc::new(Codec::new(&args.registry.config().map_err(anyhow::Error::msg)?)?);
 
