@@ -973,19 +973,8 @@ mod tests {
     /// A commit of batch `batch` (checkpoint `next` on orders/2) that sets
     /// key c1 to `count` as of input offset `at`, if given.
     fn commit_c1(batch: u64, next: i64, c1: Option<(i64, i64)>) -> Entry {
-        let states = c1
-            .map(|(count, at)| {
-                let d = KeyDelta {
-                    state: count,
-                    last_offsets: [("orders/2".to_string(), at)].into(),
-                    max_event_time: 0,
-                    horizon: 0,
-                    event_ids: vec![],
-                    idempotency_keys: vec![],
-                };
-                BTreeMap::from([("c1".to_string(), Raw::of(&d).unwrap())])
-            })
-            .unwrap_or_default();
+        let states =
+            c1.map(|(count, at)| BTreeMap::from([("c1".to_string(), delta_at(count, at))])).unwrap_or_default();
         Entry::Commit { batch, checkpoint: BTreeMap::from([("orders/2".into(), next)]), outbox: vec![], states }
     }
 
@@ -1050,18 +1039,7 @@ mod tests {
             batch: 1,
             checkpoint: BTreeMap::from([("orders/2".into(), 100)]),
             outbox: vec![],
-            states: BTreeMap::from([(
-                "c1".to_string(),
-                Raw::of(&KeyDelta {
-                    state: 1i64,
-                    last_offsets: [("orders/2".to_string(), 100)].into(),
-                    max_event_time: 0,
-                    horizon: 0,
-                    event_ids: vec![],
-                    idempotency_keys: vec![],
-                })
-                .unwrap(),
-            )]),
+            states: BTreeMap::from([("c1".to_string(), delta_at(1, 100))]),
         };
         let err = restore_entries::<i64>([c]).unwrap_err();
         assert!(err.to_string().contains("applied orders/2 offset 100 but the checkpoint is Some(100)"), "{err}");
@@ -1107,6 +1085,19 @@ mod tests {
         assert_eq!(back, c);
         let r = restore_entries::<i64>([state("a", 1), back]).unwrap();
         assert_eq!(r.states["a"].state, 3, "the commit's own states come after pending ones");
+    }
+
+    /// A key's change that sets its state to `v` as of orders/2 offset `at`.
+    fn delta_at(v: i64, at: i64) -> Raw {
+        Raw::of(&KeyDelta {
+            state: v,
+            last_offsets: [("orders/2".to_string(), at)].into(),
+            max_event_time: 0,
+            horizon: 0,
+            event_ids: vec![],
+            idempotency_keys: vec![],
+        })
+        .unwrap()
     }
 
     /// A key's change that sets its state to `v`.
