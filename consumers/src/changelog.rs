@@ -698,9 +698,15 @@ impl<S: DeserializeOwned + Default + Clone> Walker<S> {
         }
         if let Entry::Claim { base } = entry {
             // A new owner: what it restored is the state from here on.
-            self.loading = None;
+            let cut = self.loading.take().is_some_and(|(_, next, parts, _)| next < parts);
             if !self.origins.contains(&base) {
                 return Ok(Step::Claim { base, claim: offset });
+            }
+            if cut {
+                // Only a log trimmed inside a snapshot starts like this.
+                return Err(RestoreError::corrupt(format!(
+                    "the snapshot this restore starts with is cut short by the claim at offset {offset}"
+                )));
             }
             self.pending.clear();
             self.pending_outbox.clear();

@@ -21,7 +21,8 @@
 //! - every output ever published for an input has the balance that input
 //!   gets when the stream is processed once, in order.
 //!
-//! `KEYFLOW_MODEL_SCHEDULES` sets how many schedules run (default 3,000);
+//! `KEYFLOW_MODEL_SCHEDULES` sets how many schedules run (default 10,000;
+//! 2,000 without claims);
 //! `KEYFLOW_MODEL_SEED` runs one schedule and prints its trace.
 
 use std::collections::{BTreeMap, HashMap};
@@ -476,6 +477,11 @@ impl Model {
     }
 }
 
+/// How many schedules a test runs: `KEYFLOW_MODEL_SCHEDULES`, or `default`.
+fn schedules(default: u64) -> u64 {
+    std::env::var("KEYFLOW_MODEL_SCHEDULES").ok().and_then(|s| s.parse().ok()).unwrap_or(default)
+}
+
 fn run_seed(seed: u64, claims: bool) -> Result<End, String> {
     let mut model = Model::new(seed);
     model.claims = claims;
@@ -495,7 +501,7 @@ fn every_restore_across_crashes_zombies_and_trims_equals_the_state_below_its_che
         }
         return;
     }
-    let schedules: u64 = std::env::var("KEYFLOW_MODEL_SCHEDULES").ok().and_then(|s| s.parse().ok()).unwrap_or(3_000);
+    let schedules = schedules(10_000);
     let started = std::time::Instant::now();
     let (mut done, mut refused) = (0, 0);
     for seed in 0..schedules {
@@ -522,7 +528,7 @@ fn every_restore_across_crashes_zombies_and_trims_equals_the_state_below_its_che
 /// but not all: that takes the claims.
 #[test]
 fn without_claims_the_model_finds_restores_that_are_not_the_state_below_their_checkpoint() {
-    let schedules: u64 = std::env::var("KEYFLOW_MODEL_SCHEDULES").ok().and_then(|s| s.parse().ok()).unwrap_or(3_000);
+    let schedules = schedules(2_000);
     let (mut wrong, mut refused) = (0, 0);
     for seed in 0..schedules {
         match run_seed(seed, false) {
