@@ -1052,6 +1052,18 @@ mod tests {
     }
 
     #[test]
+    fn a_claim_that_cuts_short_the_snapshot_a_read_starts_with_fails_the_restore() {
+        let mut parts = snapshot(1, 100, &[("a", 1), ("b", 2)], 1).into_iter();
+        let mut log = MemoryLog::default();
+        log.append(parts.next().unwrap(), None, None);
+        log.append(Entry::Claim { base: None }, None, None);
+        log.append(parts.next().unwrap(), None, None);
+        let end = log.end();
+        let err = restore::<i64>(&mut log, None, end).unwrap_err();
+        assert!(err.to_string().contains("cut short by the claim at offset 1"), "{err}");
+    }
+
+    #[test]
     fn a_log_whose_start_was_deleted_restores_only_from_a_snapshot_there() {
         let mut log = MemoryLog::default();
         log.append(commit_c1(1, 100, Some((1, 33))), None, None);
