@@ -42,15 +42,9 @@ pub async fn check_reachable(
         tokio::task::spawn_blocking(move || crate::kafka::list_topics(&kafka, patience))
     };
     let registry = async {
-        let Some(args) = registry else { return Ok(()) };
-        let cfg = args.config().map_err(Unreachable::Config)?;
-        let url = cfg.url.clone();
-        let admin = RegistryAdmin::new(cfg).map_err(|e| Unreachable::Config(e.to_string()))?;
-        match admin.wait_answering(patience).await {
-            Ok(()) => Ok(()),
-            Err(AdminError::Unreachable { message, .. }) => Err(Unreachable::Registry { url, patience, message }),
-            // It answered, if only to refuse: reachable.
-            Err(_) => Ok(()),
+        match registry {
+            Some(args) => check_registry(args, patience).await,
+            None => Ok(()),
         }
     };
     let (cluster, registry) = tokio::join!(cluster, registry);
@@ -63,4 +57,18 @@ pub async fn check_reachable(
         Err(e) => return Err(Unreachable::Config(format!("checking the Kafka cluster: {e}"))),
     }
     registry
+}
+
+/// Checks that the schema registry answers within `patience` (for a binary
+/// that has already checked the cluster its own way). Logs nothing while it waits.
+pub async fn check_registry(registry: &RegistryArgs, patience: Duration) -> Result<(), Unreachable> {
+    let cfg = registry.config().map_err(Unreachable::Config)?;
+    let url = cfg.url.clone();
+    let admin = RegistryAdmin::new(cfg).map_err(|e| Unreachable::Config(e.to_string()))?;
+    match admin.wait_answering(patience).await {
+        Ok(()) => Ok(()),
+        Err(AdminError::Unreachable { message, .. }) => Err(Unreachable::Registry { url, patience, message }),
+        // It answered, if only to refuse: reachable.
+        Err(_) => Ok(()),
+    }
 }

@@ -121,9 +121,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     cfg.validate().map_err(anyhow::Error::msg)?;
     args.rules.rules.validate().map_err(anyhow::Error::msg)?;
-    // The cluster and its topics first (a topic problem is reported whatever the registry does), then the registry.
+    // The cluster and its topics first (a topic problem is reported whatever
+    // the registry does; this is the cluster's start-up check), then the registry.
     let partitions = preflight::check_topics(&args.kafka, &args.topics, args.worker, STARTUP_PATIENCE)?;
-    keyflow_schemas::startup::check_reachable(&args.kafka, Some(&args.registry), STARTUP_PATIENCE).await?;
+    keyflow_schemas::startup::check_registry(&args.registry, STARTUP_PATIENCE).await?;
     tracing::info!(worker = name, partitions, "topics checked");
     let codec = Arc::new(Codec::new(&args.registry.config().map_err(anyhow::Error::msg)?)?);
 
