@@ -3,7 +3,7 @@
 #   Rust unit and integration tests (cargo nextest, parallel) against the real
 #   embedded broker, then the Python interop tests (Confluent's own client).
 # Installs what it needs first: Debian packages (build tools, Prometheus and
-# promtool, docker-compose), Python packages, cargo-nextest, the Tansu broker.
+# promtool, docker-compose, kcat), Python packages, cargo-nextest.
 # A tool it cannot install is a setup failure: one line naming the package.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +18,7 @@ setup_failed() {
 declare -A packages=(
   [make]=build-essential [gcc]=build-essential [g++]=build-essential [pkg-config]=pkg-config
   [perl]=perl [curl]=curl [python3]=python3 [prometheus]=prometheus [promtool]=prometheus
-  [docker-compose]=docker-compose
+  [docker-compose]=docker-compose [kcat]=kcat
 )
 missing=()
 for c in "${!packages[@]}"; do command -v "$c" >/dev/null || missing+=("${packages[$c]}"); done
@@ -43,7 +43,6 @@ python3 -m pip install -q --disable-pip-version-check -r tests/python/requiremen
 command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked || setup_failed "cargo install cargo-nextest"
 
 cargo build --workspace --bins
-"$CARGO_TARGET_DIR/debug/devstack" install || setup_failed "devstack install (building the Tansu broker)"
 
 # Both suites run whatever the other gives; the script fails if either did.
 rust=0

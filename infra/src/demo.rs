@@ -51,9 +51,6 @@ pub struct DemoArgs {
     /// Leave the stack and the workers running after the report, until Ctrl-C.
     #[arg(long)]
     pub keep: bool,
-    /// Fail instead of building the Tansu broker when it is not installed.
-    #[arg(long)]
-    pub no_install: bool,
     /// Also write the report as JSON to this file.
     #[arg(long)]
     pub summary_json: Option<PathBuf>,
@@ -273,7 +270,6 @@ pub async fn run(
         broker_port: free_port()?,
         registry_port: free_port()?,
         partitions: args.partitions,
-        install: !args.no_install,
     };
     if args.prometheus {
         crate::prometheus::locate().context("--prometheus")?;

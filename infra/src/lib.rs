@@ -4,8 +4,8 @@
 //!
 //! - [`registry`]: a Confluent-compatible schema registry with a durable log
 //!   (binary `schema-registry`, also embedded in `devstack`).
-//! - [`broker`]: the embedded Kafka-API broker (Tansu on SQLite) as a child
-//!   process, installed on first use.
+//! - [`broker`]: the embedded Kafka-API broker (keyflow-broker) as a child
+//!   process, built with the workspace.
 //! - [`kafka`]: topic creation and listing on any cluster.
 //! - [`stack`]: `devstack up` / `devstack init`.
 //! - [`smoke`]: produce and read back one event of every type.

@@ -25,8 +25,6 @@ pub struct StackOptions {
     pub registry_port: u16,
     /// Partition count of the co-partitioned topics.
     pub partitions: i32,
-    /// Install Tansu when it is missing.
-    pub install: bool,
 }
 
 /// What `init` did.
@@ -90,7 +88,7 @@ pub async fn start_registry(
 impl Stack {
     /// Starts broker and registry, then creates topics and registers schemas.
     pub async fn up(opts: &StackOptions) -> anyhow::Result<Stack> {
-        let bin = broker::locate_or_install(opts.install).await?;
+        let bin = broker::locate()?;
         let broker = Broker::start(&bin, &opts.data_dir.join("broker"), opts.broker_port).await?;
         let (url, registry_stop, registry_task) =
             match start_registry(&opts.data_dir.join("registry"), opts.registry_port).await {

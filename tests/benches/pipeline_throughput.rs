@@ -36,8 +36,7 @@ use keyflow_schemas::{Codec, RegistryConfig};
 
 async fn stack(dir: &std::path::Path) -> Stack {
     let port = || keyflow_infra::pipeline::free_port().unwrap();
-    let opts =
-        StackOptions { data_dir: dir.into(), broker_port: port(), registry_port: port(), partitions: 6, install: true };
+    let opts = StackOptions { data_dir: dir.into(), broker_port: port(), registry_port: port(), partitions: 6 };
     Stack::up(&opts).await.expect("stack")
 }
 

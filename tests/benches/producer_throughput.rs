@@ -94,13 +94,7 @@ async fn main() {
     let paced_secs = env("BENCH_PACED_SECS", 30);
     let dir = tempfile::tempdir().unwrap();
     let port = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let opts = StackOptions {
-        data_dir: dir.path().into(),
-        broker_port: port(),
-        registry_port: port(),
-        partitions: 6,
-        install: true,
-    };
+    let opts = StackOptions { data_dir: dir.path().into(), broker_port: port(), registry_port: port(), partitions: 6 };
     let stack = Stack::up(&opts).await.expect("stack");
 
     let mut specs = Vec::new();

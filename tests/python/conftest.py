@@ -352,10 +352,6 @@ def devstack(tmp_path_factory):
             "--registry-port", registry_port,
             "--partitions", "3",
         ]
-        # Never let a test run trigger `cargo install tansu` (a long build);
-        # opt in with KEYFLOW_DEVSTACK_INSTALL=1.
-        if os.environ.get("KEYFLOW_DEVSTACK_INSTALL") != "1":
-            argv.append("--no-install")
         proc = ManagedProcess(argv, base / "logs", "devstack-up")
         deadline = time.monotonic() + DEVSTACK_START_TIMEOUT
         ready = False

@@ -77,7 +77,7 @@ pub async fn produce_orders(brokers: &str, registry: &str, count: u64, seed: u64
     assert!(out.status.success(), "{}", crate::text(&out).1);
 }
 
-/// A fresh embedded stack (Tansu and the registry) with `partitions`
+/// A fresh embedded stack (broker and registry) with `partitions`
 /// partitions, the counter worker's changelog and DLQ, and `count` orders
 /// (seed 3) on `orders`.
 pub async fn stack_with_orders(dir: &std::path::Path, partitions: i32, count: u64) -> keyflow_infra::stack::Stack {
@@ -205,13 +205,15 @@ impl Tail {
         Self { consumer, ids: HashSet::new() }
     }
 
-    /// Reads what arrived until the topic is quiet for a moment; returns the distinct count.
+    /// Reads what arrived until the topic is quiet for a moment (at most
+    /// 2,000 records, so a caller's loop stays responsive while outputs
+    /// stream in); returns the distinct count.
     pub async fn distinct(&mut self, codec: &Codec) -> usize {
         use rdkafka::Message;
         let mut payloads = Vec::new();
         while let Some(Ok(m)) = self.consumer.poll(Duration::from_millis(300)) {
             payloads.extend(m.payload().map(<[u8]>::to_vec));
-            if payloads.len() >= 20_000 {
+            if payloads.len() >= 2_000 {
                 break;
             }
         }

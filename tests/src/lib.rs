@@ -1,4 +1,4 @@
-//! Test harness: starts the real embedded stack (Tansu + registry) on random
+//! Test harness: starts the real embedded stack (broker + registry) on random
 //! free ports in a temporary directory, finds the workspace's binaries, and
 //! runs them. Each test gets its own stack, so tests run in parallel.
 
@@ -16,13 +16,7 @@ pub fn free_port() -> u16 {
 
 /// Options for a fresh stack on free ports in `dir`.
 pub fn options(dir: &std::path::Path, partitions: i32) -> StackOptions {
-    StackOptions {
-        data_dir: dir.to_path_buf(),
-        broker_port: free_port(),
-        registry_port: free_port(),
-        partitions,
-        install: false,
-    }
+    StackOptions { data_dir: dir.to_path_buf(), broker_port: free_port(), registry_port: free_port(), partitions }
 }
 
 /// Starts a stack; panics with the reason when it cannot.
@@ -111,16 +105,10 @@ pub mod bench {
     }
 
     /// A fresh embedded stack with `partitions` partitions and the counter
-    /// worker's changelog and DLQ; installs Tansu when missing.
+    /// worker's changelog and DLQ.
     pub async fn counter_stack(dir: &std::path::Path, partitions: i32) -> Stack {
         let port = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let opts = StackOptions {
-            data_dir: dir.into(),
-            broker_port: port(),
-            registry_port: port(),
-            partitions,
-            install: true,
-        };
+        let opts = StackOptions { data_dir: dir.into(), broker_port: port(), registry_port: port(), partitions };
         let stack = Stack::up(&opts).await.expect("stack");
         let specs = [TopicSpec::new("counter-state", partitions), TopicSpec::new("counter.dlq", 1)];
         keyflow_infra::kafka::create_topics(&stack.kafka, &specs, None).await.unwrap();

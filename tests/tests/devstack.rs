@@ -1,4 +1,4 @@
-//! The embedded dev stack against the real Tansu broker: topics, schemas and
+//! The embedded dev stack against the real embedded broker: topics, schemas and
 //! records round-trip; a restart keeps topics, records, offsets and schema
 //! ids; bad input gets a clear error.
 
@@ -97,7 +97,7 @@ async fn restart_keeps_topics_records_committed_offsets_and_schema_ids() {
 async fn worker_refuses_to_start_when_co_partitioned_topics_differ() {
     let dir = tempfile::tempdir().unwrap();
     let stack = start(&options(dir.path(), 2)).await;
-    // Tansu has no CreatePartitions, so point the join at a payments topic with another count.
+    // Point the join at a payments topic with another partition count.
     let spec = keyflow_schemas::topics::TopicSpec::new("payments-3", 3);
     keyflow_infra::kafka::create_topics(&stack.kafka, &[spec], None).await.unwrap();
     let out = run("worker", &["fulfillment", "-b", &stack.kafka.brokers, "--topic", "payments=payments-3"]).await;
@@ -141,7 +141,6 @@ async fn bad_input_gets_a_clear_error_naming_what_is_wrong() {
         "devstack",
         &[
             "up",
-            "--no-install",
             "--data-dir",
             dir.path().join("other").to_str().unwrap(),
             "--broker-port",

@@ -147,6 +147,21 @@ async fn a_real_prometheus_scraping_the_pipeline_sees_rates_lag_every_referenced
     prom.set_targets(PRODUCERS_JOB, &producer_targets).unwrap();
     pipeline.wait_ready(Duration::from_secs(120)).await.unwrap();
 
+    // The DLQ alert needs Prometheus to see the DLQ counter go up, so wait
+    // until it has scraped the counter at 0 from both workers reading
+    // `orders` (the poison below is dead-lettered within milliseconds).
+    let scraped = Instant::now() + Duration::from_secs(60);
+    loop {
+        let zero = prom
+            .query(r#"keyflow_worker_processed_total{outcome="dlq",worker=~"payment|fulfillment"} == 0"#)
+            .await
+            .unwrap();
+        if zero.len() == 2 {
+            break;
+        }
+        assert!(Instant::now() < scraped, "Prometheus never scraped the DLQ counters at 0: {zero:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // A record that is not Avro: both workers reading `orders` dead-letter it.
     poison_producer(&brokers)
         .send(FutureRecord::to("orders").key("poison-1").payload("not avro"), Duration::from_secs(10))

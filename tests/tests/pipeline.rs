@@ -140,15 +140,7 @@ async fn devstack_demo_ends_with_every_invariant_holding_no_copies_and_every_eve
     let dir = tempfile::tempdir().unwrap();
     let summary = dir.path().join("demo.json");
     let out = tokio::process::Command::new(bin("devstack"))
-        .args([
-            "demo",
-            "--duration",
-            "15s",
-            "--no-install",
-            "--prometheus",
-            "--summary-json",
-            summary.to_str().unwrap(),
-        ])
+        .args(["demo", "--duration", "15s", "--prometheus", "--summary-json", summary.to_str().unwrap()])
         .args(["--data-dir", dir.path().join("demo").to_str().unwrap()])
         .output()
         .await
@@ -316,7 +308,7 @@ async fn devstack_demo_keep_prints_its_report_and_summary_json_while_the_stack_s
     let summary = dir.path().join("demo.json");
     let stdout = dir.path().join("stdout.txt");
     let mut demo = std::process::Command::new(bin("devstack"))
-        .args(["demo", "--duration", "5s", "--no-install", "--keep", "--summary-json", summary.to_str().unwrap()])
+        .args(["demo", "--duration", "5s", "--keep", "--summary-json", summary.to_str().unwrap()])
         .args(["--data-dir", dir.path().join("demo").to_str().unwrap()])
         .stdout(std::fs::File::create(&stdout).unwrap())
         .stderr(std::fs::File::create(dir.path().join("stderr.txt")).unwrap())

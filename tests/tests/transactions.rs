@@ -219,7 +219,7 @@ async fn exactly_once_on_a_broker_without_transactions_is_refused_with_one_clear
     let logs = std::fs::read_to_string(&log).unwrap();
     let error = logs.lines().rfind(|l| l.starts_with("worker: error:")).unwrap_or_default();
     assert!(
-        error.contains("--guarantee exactly-once") && error.contains("does not support Kafka transactions"),
+        error.contains("--guarantee exactly-once") && error.contains("Kafka transactions"),
         "names the setting and the missing feature: {error:?}\n{}",
         log_tail(&log)
     );

@@ -1,5 +1,5 @@
 //! `devstack`: the pipeline on a laptop with no Docker — an embedded Kafka-API
-//! broker (Tansu), the project's schema registry, topics and schemas — plus
+//! broker (keyflow's own, `infra/broker`), the project's schema registry, topics and schemas — plus
 //! setup and inspection commands that work against any cluster.
 
 use std::path::PathBuf;
@@ -38,9 +38,6 @@ struct UpArgs {
     /// Partition count of the co-partitioned topics.
     #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(i32).range(1..=1000))]
     partitions: i32,
-    /// Fail instead of building the Tansu broker when it is not installed.
-    #[arg(long)]
-    no_install: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -52,8 +49,6 @@ enum Cmd {
     /// a live table, then drain, verify the invariants and print a report.
     /// Exit status 2 when an invariant is broken.
     Demo(demo::DemoArgs),
-    /// Install the embedded broker (Tansu) into ~/.cache/keyflow/tools if missing; print its path.
-    Install,
     /// Create the topics and register the schemas on any cluster and registry.
     Init {
         #[command(flatten)]
@@ -162,7 +157,6 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 broker_port: a.broker_port,
                 registry_port: a.registry_port,
                 partitions: a.partitions,
-                install: !a.no_install,
             };
             let stack = Stack::up(&opts).await?;
             print_stack(&stack);
@@ -187,10 +181,6 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             if !report.ok {
                 std::process::exit(2);
             }
-        }
-        Cmd::Install => {
-            let path = keyflow_infra::broker::locate_or_install(true).await?;
-            println!("{}", path.display());
         }
         Cmd::Init { kafka, registry, partitions, replication_factor, json } => {
             reachable(&kafka, Some(&registry)).await?;
