@@ -130,6 +130,11 @@ impl Broker {
         self.child.id()
     }
 
+    /// Kills the broker with SIGKILL (crash drills) and reaps it.
+    pub async fn kill9(mut self) {
+        let _ = self.child.kill().await;
+    }
+
     /// Stops the broker: SIGTERM, then SIGKILL after 10 s.
     pub async fn stop(mut self) {
         if let Some(pid) = self.child.id() {

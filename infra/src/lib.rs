@@ -11,7 +11,7 @@
 //! - [`smoke`]: produce and read back one event of every type.
 //! - [`inspect`]: list topics and print decoded records.
 //! - [`tail`]: `devstack tail`, records as JSON lines from a position or time, filtered.
-//! - [`verify`]: DOMAIN.md's invariants checked over the topics of any cluster.
+//! - [`verify`]: docs/domain.md's invariants checked over the topics of any cluster.
 //! - [`pipeline`]: worker and producer processes on one machine (kill -9, drain).
 //! - [`demo`]: `devstack demo`, the whole pipeline in one command.
 //! - [`prometheus`]: a local Prometheus server scraping them (`demo --prometheus`).

@@ -1,4 +1,4 @@
-//! `devstack verify`: checks DOMAIN.md's invariants over the topics of any
+//! `devstack verify`: checks docs/domain.md's invariants over the topics of any
 //! cluster (the embedded broker or real Kafka), counting by distinct
 //! `event_id` and reporting raw copies separately.
 //!
@@ -33,7 +33,7 @@ use serde::Serialize;
 
 use crate::inspect::{stream_partition, RawRecord};
 
-/// The invariants, numbered as in DOMAIN.md.
+/// The invariants, numbered as in docs/domain.md.
 pub const INVARIANTS: [&str; 7] = [
     "every OrderPlaced has exactly one payment decision, equal to the rules",
     "every OrderPlaced has exactly one fulfillment outcome, consistent with its inputs",

@@ -1,4 +1,4 @@
-//! Default values of the domain's configurable settings (DOMAIN.md), in one
+//! Default values of the domain's configurable settings (docs/domain.md), in one
 //! place: the workers apply them, the load generators aim at them.
 
 /// Currencies the payment worker accepts.

@@ -1,4 +1,4 @@
-//! Rust types of every event in DOMAIN.md, one struct per Avro record, and
+//! Rust types of every event in docs/domain.md, one struct per Avro record, and
 //! one enum per topic (several event types share a topic so that one key's
 //! events keep their order).
 //!
@@ -103,7 +103,7 @@ pub struct PaymentAuthorized {
     pub currency: String,
 }
 
-/// Why the payment worker declined an order (DOMAIN.md, payment rules 1–4).
+/// Why the payment worker declined an order (docs/domain.md, payment rules 1–4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[allow(clippy::enum_variant_names)]
 pub enum DeclineReason {

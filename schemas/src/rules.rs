@@ -1,4 +1,4 @@
-//! The business-rule settings of DOMAIN.md as command-line flags, shared by
+//! The business-rule settings of docs/domain.md as command-line flags, shared by
 //! the workers that apply them and the verifier that recomputes them, so the
 //! two can never disagree about a default.
 

@@ -12,7 +12,7 @@ use keyflow_schemas::rules::RuleArgs;
 use keyflow_schemas::topics::TopicNames;
 use keyflow_schemas::{Codec, RegistryConfig};
 
-/// Every record type of DOMAIN.md.
+/// Every record type of docs/domain.md.
 const EVENT_TYPES: [&str; 12] = [
     "OrderPlaced",
     "OrderCancelled",

@@ -1,4 +1,4 @@
-//! The fulfillment worker (DOMAIN.md): joins `orders` and `payments` per
+//! The fulfillment worker (docs/domain.md): joins `orders` and `payments` per
 //! customer into exactly one terminal outcome per order, the first of:
 //! `PaymentDeclined` → `FulfillmentCancelled PAYMENT_DECLINED`;
 //! `OrderCancelled` → `FulfillmentCancelled ORDER_CANCELLED`; both

@@ -1,4 +1,4 @@
-//! The loyalty worker (DOMAIN.md): `PaymentAuthorized` → `PointsAwarded`,
+//! The loyalty worker (docs/domain.md): `PaymentAuthorized` → `PointsAwarded`,
 //! `PaymentVoided` → `PointsRevoked` (the points that order earned).
 //!
 //! Points = `amount_minor / 100` × the tier multiplier, where the tier comes

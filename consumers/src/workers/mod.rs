@@ -1,4 +1,4 @@
-//! The four workers of DOMAIN.md: each a module of pure rules (no Kafka, no
+//! The four workers of docs/domain.md: each a module of pure rules (no Kafka, no
 //! clocks) implementing [`crate::task::Worker`], plus their topology here
 //! (inputs, output, state topic). Topic names come from the catalog
 //! (`infra/topics.toml`).

@@ -1,4 +1,4 @@
-//! The payment worker (DOMAIN.md): decides every `OrderPlaced` after a
+//! The payment worker (docs/domain.md): decides every `OrderPlaced` after a
 //! (simulated) gateway call and voids authorized orders that are cancelled.
 //!
 //! Rules, first match wins: a total that is not positive or not the sum of

@@ -1,4 +1,4 @@
-//! The publication worker (DOMAIN.md, the Unicorn Properties flow): joins
+//! The publication worker (docs/domain.md, the Unicorn Properties flow): joins
 //! `contracts` and `properties` per property into exactly one
 //! `PublicationEvaluationCompleted` per request.
 //!

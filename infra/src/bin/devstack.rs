@@ -83,7 +83,7 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Check DOMAIN.md's invariants over the topics (any cluster): counts per
+    /// Check the invariants of docs/domain.md over the topics (any cluster): counts per
     /// invariant, raw copies, each violation with key, topic and offset.
     /// Exit status 2 when an invariant is broken.
     Verify {

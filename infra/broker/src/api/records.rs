@@ -262,6 +262,9 @@ pub async fn delete_records(st: &State, req: DeleteRecordsRequest, _ctx: &Ctx) -
 
 pub async fn init_producer_id(st: &State, req: InitProducerIdRequest, ctx: &Ctx) -> InitProducerIdResponse {
     let resp = InitProducerIdResponse::default();
+    if req.transactional_id.as_ref().is_some_and(|t| t.is_empty()) {
+        return resp.with_error_code(Code::InvalidRequest.code());
+    }
     if req.transactional_id.is_some() {
         tracing::warn!(
             client = ctx.client_id,

@@ -1,0 +1,198 @@
+//! The embedded broker (`broker` binary) under crashes, with librdkafka as
+//! the client: an idempotent acks=all producer and a consumer group keep
+//! running while the broker is killed with SIGKILL and restarted on the same
+//! data dir and port.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use keyflow_e2e::free_port;
+use keyflow_infra::broker::{self, Broker};
+use keyflow_schemas::client::KafkaArgs;
+use keyflow_schemas::topics::TopicSpec;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+
+const TOPIC: &str = "crash";
+const PARTITIONS: i32 = 3;
+const GROUP: &str = "crash-group";
+
+async fn start(dir: &std::path::Path, port: u16) -> Broker {
+    let bin = broker::locate().expect("broker binary");
+    Broker::start(&bin, dir, port).await.expect("broker starts")
+}
+
+fn committed(brokers: &str) -> BTreeMap<i32, i64> {
+    let c: StreamConsumer =
+        ClientConfig::new().set("bootstrap.servers", brokers).set("group.id", GROUP).create().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition(TOPIC, p);
+    }
+    let got = c.committed_offsets(tpl, Duration::from_secs(30)).expect("committed offsets");
+    got.elements().iter().map(|e| (e.partition(), if let Offset::Offset(o) = e.offset() { o } else { -1 })).collect()
+}
+
+/// Every record of the topic, read from the start: (partition, offset) → payload.
+async fn read_all(brokers: &str) -> Vec<String> {
+    let c: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "crash-reader")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset(TOPIC, p, Offset::Beginning).unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    let (mut out, mut eof) = (vec![], 0);
+    while eof < PARTITIONS {
+        match tokio::time::timeout(Duration::from_secs(30), c.recv()).await.expect("reading back") {
+            Ok(m) => out.push(String::from_utf8(m.payload().unwrap().to_vec()).unwrap()),
+            Err(rdkafka::error::KafkaError::PartitionEOF(_)) => eof += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_of_the_broker_ten_times_under_load_loses_no_acknowledged_record_duplicates_none_and_keeps_committed_offsets(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut b = start(dir.path(), port).await;
+    let brokers = b.bootstrap.clone();
+    keyflow_infra::kafka::create_topics(&KafkaArgs::new(brokers.clone()), &[TopicSpec::new(TOPIC, PARTITIONS)], None)
+        .await
+        .unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Vec::<u64>::new()));
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "2")
+        .set("message.timeout.ms", "300000")
+        .create()
+        .unwrap();
+    let produce = {
+        let (stop, acked, producer) = (stop.clone(), acked.clone(), producer.clone());
+        tokio::spawn(async move {
+            let mut i = 0u64;
+            let mut inflight = futures::stream::FuturesUnordered::new();
+            use futures::StreamExt;
+            while !stop.load(Ordering::Relaxed) {
+                let p = producer.clone();
+                let id = i;
+                inflight.push(async move {
+                    let key = format!("k{}", id % 40);
+                    let payload = id.to_string();
+                    let r = p.send(FutureRecord::to(TOPIC).key(&key).payload(&payload), Duration::from_secs(0)).await;
+                    (id, r.is_ok())
+                });
+                i += 1;
+                while inflight.len() >= 500 {
+                    if let Some((id, ok)) = inflight.next().await {
+                        if ok {
+                            acked.lock().unwrap().push(id);
+                        }
+                    }
+                }
+                if i.is_multiple_of(100) {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            while let Some((id, ok)) = inflight.next().await {
+                if ok {
+                    acked.lock().unwrap().push(id);
+                }
+            }
+            i
+        })
+    };
+
+    // A consumer group member committing what it read, synchronously, every 200 records.
+    let commits = Arc::new(Mutex::new(BTreeMap::<i32, i64>::new()));
+    let consume = {
+        let (stop, commits, brokers) = (stop.clone(), commits.clone(), brokers.clone());
+        tokio::spawn(async move {
+            let c: StreamConsumer = ClientConfig::new()
+                .set("bootstrap.servers", &brokers)
+                .set("group.id", GROUP)
+                .set("enable.auto.commit", "false")
+                .set("auto.offset.reset", "earliest")
+                .set("session.timeout.ms", "30000")
+                .create()
+                .unwrap();
+            c.subscribe(&[TOPIC]).unwrap();
+            let mut n = 0u64;
+            let mut next: HashMap<i32, i64> = HashMap::new();
+            while !stop.load(Ordering::Relaxed) {
+                let Ok(Ok(m)) = tokio::time::timeout(Duration::from_millis(500), c.recv()).await else { continue };
+                next.insert(m.partition(), m.offset() + 1);
+                n += 1;
+                if n.is_multiple_of(200) {
+                    let mut tpl = TopicPartitionList::new();
+                    for (p, o) in &next {
+                        tpl.add_partition_offset(TOPIC, *p, Offset::Offset(*o)).unwrap();
+                    }
+                    if c.commit(&tpl, CommitMode::Sync).is_ok() {
+                        commits.lock().unwrap().extend(next.iter().map(|(p, o)| (*p, *o)));
+                    }
+                }
+            }
+        })
+    };
+
+    let mut kills = 0;
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    while kills < 10 {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        tokio::time::sleep(Duration::from_millis(700 + rng % 1300)).await;
+        let before = commits.lock().unwrap().clone();
+        b.kill9().await;
+        kills += 1;
+        b = start(dir.path(), port).await;
+        // Every commit acknowledged before the kill is still there.
+        let after = committed(&brokers);
+        for (p, o) in &before {
+            assert!(after[p] >= *o, "kill {kills}: partition {p} committed {o} before the kill, {} after", after[p]);
+        }
+    }
+    let started = Instant::now();
+    while acked.lock().unwrap().len() < 1000 && started.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let sent = produce.await.unwrap();
+    consume.await.unwrap();
+
+    let acked = acked.lock().unwrap().clone();
+    let log = read_all(&brokers).await;
+    let mut seen: HashMap<u64, usize> = HashMap::new();
+    for p in &log {
+        *seen.entry(p.parse().unwrap()).or_default() += 1;
+    }
+    let lost: Vec<&u64> = acked.iter().filter(|id| !seen.contains_key(id)).collect();
+    let duplicated: Vec<(&u64, &usize)> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(acked.len() > 1000, "the producer kept producing through the kills ({} acknowledged)", acked.len());
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged records lost: {:?}",
+        lost.len(),
+        acked.len(),
+        &lost[..lost.len().min(10)]
+    );
+    assert!(duplicated.is_empty(), "records written twice: {:?}", &duplicated[..duplicated.len().min(10)]);
+    eprintln!("{kills} kills: {sent} sent, {} acknowledged, {} in the log", acked.len(), log.len());
+    b.stop().await;
+}
