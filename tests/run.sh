@@ -3,7 +3,8 @@
 #   Rust unit and integration tests (cargo nextest, parallel) against the real
 #   embedded broker, then the Python interop tests (Confluent's own client).
 # Installs what it needs first: Debian packages (build tools, Prometheus and
-# promtool, docker-compose, kcat), Python packages, cargo-nextest.
+# promtool, docker-compose, kcat, Node.js and npm for kafkajs), Python
+# packages, cargo-nextest.
 # A tool it cannot install is a setup failure: one line naming the package.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +19,7 @@ setup_failed() {
 declare -A packages=(
   [make]=build-essential [gcc]=build-essential [g++]=build-essential [pkg-config]=pkg-config
   [perl]=perl [curl]=curl [python3]=python3 [prometheus]=prometheus [promtool]=prometheus
-  [docker-compose]=docker-compose [kcat]=kcat
+  [docker-compose]=docker-compose [kcat]=kcat [node]=nodejs [npm]=npm
 )
 missing=()
 for c in "${!packages[@]}"; do command -v "$c" >/dev/null || missing+=("${packages[$c]}"); done

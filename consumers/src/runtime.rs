@@ -59,7 +59,7 @@ use crate::task::{process_batch, Input, KeyDelta, KeyState, Outcome, Worker};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Assignor {
     /// Eager range assignment: partition p of every input on one instance
-    /// (required for joins; the only safe choice on the embedded broker).
+    /// (required for joins).
     Range,
     /// Incremental cooperative rebalancing (real Kafka, single-input workers):
     /// only moved partitions stop.

@@ -129,16 +129,14 @@ pub fn client_config(kafka: &KafkaArgs, defaults: &[(&str, &str)]) -> Result<Cli
 pub const PRODUCER_DEFAULTS: &[(&str, &str)] =
     &[("enable.idempotence", "true"), ("acks", "all"), ("partitioner", PARTITIONER), ("linger.ms", "5")];
 
-/// How long a worker's fetch may wait on the broker for data. Real Kafka
-/// answers as soon as data arrives, so this only bounds idle polling; Tansu
-/// 0.6 sleeps before answering every fetch, data or not (max wait / 2 from
-/// 500 ms up, the whole wait below 250 ms: infra/BROKER-NOTES.md), so the default
-/// 500 ms would add ~250 ms to every hop of the pipeline.
+/// How long a worker's fetch may wait on the broker for data. Kafka and the
+/// embedded broker answer as soon as data arrives, so this only bounds idle
+/// polling. (It was chosen for Tansu, which slept before answering every
+/// fetch: infra/BROKER-NOTES.md.)
 pub const FETCH_WAIT_MS: &str = "50";
 
 /// A client for reading partitions to their end (restores, the verifier,
-/// inspection): no offset commits, short fetch waits (see [`FETCH_WAIT_MS`];
-/// with 500 ms a reader gets one fetch per 250 ms on Tansu), a bounded
+/// inspection): no offset commits, short fetch waits (see [`FETCH_WAIT_MS`]), a bounded
 /// prefetch queue, and an error instead of a silent jump when the broker
 /// says an offset is out of range (a reader that skipped records would
 /// restore or verify from a hole).

@@ -148,7 +148,7 @@ async fn main() {
     let mut body = format!(
         "## Producer: Avro pipeline ÷ raw rdkafka producer\n\n\
          `cargo bench -p keyflow-e2e --bench producer_throughput` (BENCH_COUNT={count}, BENCH_ROUNDS={rounds}), \
-         release build; both sides time until the last acknowledgement and send the same key, payload and header bytes; embedded Tansu broker (SQLite) on localhost, 6 partitions, idempotent producer, acks=all, lz4, \
+         release build; both sides time until the last acknowledgement and send the same key, payload and header bytes; embedded broker (keyflow-broker) on localhost, 6 partitions, idempotent producer, acks=all, lz4, \
          {avg_bytes} B average payload. Machine: {}.\n\n\
          | round | our producer (Avro via registry) events/s | bare rdkafka, same bytes, events/s | ratio |\n|---|---|---|---|\n",
         keyflow_e2e::bench::machine()

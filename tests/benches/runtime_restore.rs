@@ -172,7 +172,7 @@ async fn main() {
          `cargo build --release --bins && cargo bench -p keyflow-e2e --bench runtime_restore` (BENCH_SHORT={short}, BENCH_LONG={long}), \
          release build on {machine}, `worker counter` on 1 partition, default snapshots (`--snapshot-interval-bytes` 16 MiB), \
          orders 1 ms apart in event time; the 10k-key runs remember ids for `--dedupe-retention 1m` (so the state stays the same size as history grows), the 1M-key run for the default 24 h; \
-         embedded Tansu. A restore is measured from the worker's own metrics (`{}`, `{}`) after a SIGKILL and restart.\n\n\
+         the embedded broker (keyflow-broker). A restore is measured from the worker's own metrics (`{}`, `{}`) after a SIGKILL and restart.\n\n\
          | restore of | changelog records | records read | MiB read | keys | seconds | MiB/s | keys/s |\n|---|---|---|---|---|---|---|---|\n{}{}{}{}\n\
          History ×{:.0} over the same 10k keys: restore time ×{:.2}; a full scan of the {long}-input history takes {:.1}× as long as the snapshot restore.\n\n\
          State memory: {keys:.0} keys held, worker RSS {rss:.0} MiB after processing ({:.0} bytes per key, dedupe windows included), {rss_restored:.0} MiB right after restoring them.\n",

@@ -91,7 +91,7 @@ async fn main() {
             "## Runtime: key-parallel ÷ partition-sequential\n\n\
              `cargo build --release --bins && cargo bench -p keyflow-e2e --bench runtime_throughput` (BENCH_RECORDS={records}, BENCH_IN_FLIGHT={in_flight}), \
              release build on {machine}, `worker counter --delay 5ms` (5 ms simulated I/O per record) on 1 partition, ~{records} distinct keys, \
-             the full effectively-once path (changelog commit, outbox publish, marker) per batch of ≤ {} (`--max-batch`), embedded Tansu. \
+             the full effectively-once path (changelog commit, outbox publish, marker) per batch of ≤ {} (`--max-batch`), the embedded broker (keyflow-broker). \
              Rates are measured from the first to the last output.\n\n\
              | mode | records/s |\n|---|---|\n| partition-sequential (`--max-in-flight 1`) | {sequential:.0} |\n\
              | key-parallel (`--max-in-flight {in_flight}`) | {parallel:.0} |\n\n**Ratio: {ratio:.1}×** (target ≥ 25×).\n",
@@ -117,7 +117,7 @@ async fn main() {
         let body = format!(
             "## Runtime: effectively-once ÷ at-least-once\n\n\
              `cargo build --release --bins && BENCH_ONLY=guarantee cargo bench -p keyflow-e2e --bench runtime_throughput` (BENCH_RECORDS={records}, BENCH_ROUNDS={rounds}), \
-             release build on {machine}, `worker counter --delay 0ms --max-in-flight {in_flight}` on 1 partition, ~{records} distinct keys, batches of ≤ {} (`--max-batch`), embedded Tansu. \
+             release build on {machine}, `worker counter --delay 0ms --max-in-flight {in_flight}` on 1 partition, ~{records} distinct keys, batches of ≤ {} (`--max-batch`), the embedded broker (keyflow-broker). \
              Both hand a batch's outputs to the producer and commit its offsets once they are acknowledged, \
              waiting for that while the next batch is decided; at-least-once (`--guarantee at-least-once`, hidden flag) has no changelog; \
              effectively-once also records each batch's decision (commit record with outbox and state deltas) before publishing it, \

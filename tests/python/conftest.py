@@ -10,7 +10,7 @@ The binaries are looked up in ``$KEYFLOW_BIN_DIR`` (default
   registry + topics + schemas), waited for until it prints ``devstack ready``.
 
 Every process is started in its own session so that teardown can end it and
-any child it started (the Tansu broker) by that process group's id: SIGTERM
+any child it started (the embedded broker) by that process group's id: SIGTERM
 first, SIGKILL after a grace period.
 """
 

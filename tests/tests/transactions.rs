@@ -7,7 +7,7 @@
 //! every batch in a transaction, resumes from its changelog (not from group
 //! offsets), survives aborted transactions by rolling their tasks back, and
 //! stops with a clear error when it is fenced. A broker without transactions
-//! is refused at the first commit with one line.
+//! (the embedded broker, until it has them) is refused at start-up with one line.
 
 use std::time::{Duration, Instant};
 

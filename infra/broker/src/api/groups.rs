@@ -277,12 +277,19 @@ pub async fn offset_fetch(st: &State, req: OffsetFetchRequest, ctx: &Ctx) -> Off
     OffsetFetchResponse::default().with_topics(topics)
 }
 
-pub async fn describe_groups(st: &State, req: DescribeGroupsRequest, _ctx: &Ctx) -> DescribeGroupsResponse {
+/// Group: READ, DELETE, DESCRIBE (authorized-operation bits, no ACLs here).
+const GROUP_OPERATIONS: i32 = 1 << 3 | 1 << 6 | 1 << 8;
+
+pub async fn describe_groups(st: &State, req: DescribeGroupsRequest, ctx: &Ctx) -> DescribeGroupsResponse {
+    let with_operations = ctx.version >= 3 && req.include_authorized_operations;
     let groups = req
         .groups
         .into_iter()
         .map(|g| {
-            let d = DescribedGroup::default().with_group_id(g.clone());
+            let mut d = DescribedGroup::default().with_group_id(g.clone());
+            if with_operations {
+                d = d.with_authorized_operations(GROUP_OPERATIONS);
+            }
             match st.groups.describe(&g) {
                 Some(desc) => d
                     .with_group_state(s(desc.state))

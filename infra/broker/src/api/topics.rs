@@ -20,6 +20,13 @@ use crate::server::Ctx;
 use crate::topics::{valid_name, Topic, CONFIGS};
 use crate::State;
 
+/// Authorized-operation bit sets (bit n = ACL operation n), answered when a
+/// client asks for them: everything a resource allows (no ACLs here).
+/// Topic: READ, WRITE, CREATE, DELETE, ALTER, DESCRIBE, DESCRIBE_CONFIGS, ALTER_CONFIGS.
+const TOPIC_OPERATIONS: i32 = 1 << 3 | 1 << 4 | 1 << 5 | 1 << 6 | 1 << 7 | 1 << 8 | 1 << 10 | 1 << 11;
+/// Cluster: CREATE, ALTER, DESCRIBE, CLUSTER_ACTION, DESCRIBE_CONFIGS, ALTER_CONFIGS, IDEMPOTENT_WRITE.
+const CLUSTER_OPERATIONS: i32 = 1 << 5 | 1 << 7 | 1 << 8 | 1 << 9 | 1 << 10 | 1 << 11 | 1 << 12;
+
 const RESOURCE_TOPIC: i8 = 2;
 const RESOURCE_BROKER: i8 = 4;
 /// DescribeConfigs sources.
@@ -27,7 +34,7 @@ const SOURCE_TOPIC: i8 = 1;
 const SOURCE_STATIC_BROKER: i8 = 4;
 const SOURCE_DEFAULT: i8 = 5;
 
-fn topic_metadata(t: &Topic, version: i16) -> MetadataResponseTopic {
+fn topic_metadata(t: &Topic, version: i16, with_operations: bool) -> MetadataResponseTopic {
     let partitions = t
         .partitions
         .iter()
@@ -46,6 +53,9 @@ fn topic_metadata(t: &Topic, version: i16) -> MetadataResponseTopic {
     let mut m = MetadataResponseTopic::default().with_name(Some(topic_name(&t.name))).with_partitions(partitions);
     if version >= 10 {
         m = m.with_topic_id(t.id);
+    }
+    if version >= 8 && with_operations {
+        m = m.with_topic_authorized_operations(TOPIC_OPERATIONS);
     }
     m
 }
@@ -67,12 +77,16 @@ pub async fn metadata(st: &State, req: MetadataRequest, ctx: &Ctx) -> MetadataRe
     if v >= 2 {
         resp = resp.with_cluster_id(Some(s(st.topics.cluster_id())));
     }
+    if (8..=10).contains(&v) && req.include_cluster_authorized_operations {
+        resp = resp.with_cluster_authorized_operations(CLUSTER_OPERATIONS);
+    }
+    let ops = req.include_topic_authorized_operations;
     let all = match &req.topics {
         None => true,
         Some(ts) => v == 0 && ts.is_empty(),
     };
     resp.topics = if all {
-        st.topics.all().iter().map(|t| topic_metadata(t, v)).collect()
+        st.topics.all().iter().map(|t| topic_metadata(t, v, ops)).collect()
     } else {
         let mut out = vec![];
         for rt in req.topics.unwrap_or_default() {
@@ -103,7 +117,7 @@ pub async fn metadata(st: &State, req: MetadataRequest, ctx: &Ctx) -> MetadataRe
                 None => None,
             };
             match topic {
-                Some(t) => out.push(topic_metadata(&t, v)),
+                Some(t) => out.push(topic_metadata(&t, v, ops)),
                 None => out.push(unknown_topic(&name, Code::UnknownTopicOrPartition)),
             }
         }
