@@ -20,6 +20,11 @@ pub enum KafkaError {
          {message}"
     )]
     Unreachable { brokers: String, timeout: Duration, message: String },
+    #[error(
+        "the Kafka cluster at {brokers} refused authentication: {message} (check the SASL settings: \
+         -X sasl.username / -X sasl.password, or the --config-file)"
+    )]
+    Authentication { brokers: String, message: String },
     #[error("creating topic {topic} failed: {message}")]
     Create { topic: String, message: String },
     #[error("topic {topic} does not exist on {brokers} (known topics: {known})")]
@@ -153,14 +158,45 @@ pub fn reader_config(kafka: &KafkaArgs, group: &str) -> Result<ClientConfig, Kaf
     )
 }
 
+/// The context of one-shot metadata probes: silent (their caller reports
+/// one line), keeping an authentication failure, which the metadata request
+/// itself only reports as a transport failure.
+#[derive(Default)]
+struct Probe {
+    auth_failure: std::sync::Mutex<Option<String>>,
+}
+
+impl ClientContext for Probe {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        if (level as i32) > (RDKafkaLogLevel::Error as i32) {
+            report_log(level, fac, log_message);
+        }
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::Authentication) {
+            *self.auth_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.to_string());
+        }
+    }
+}
+
+impl ConsumerContext for Probe {}
+
 /// Topic name → partition count, as the cluster reports it.
 pub fn list_topics(kafka: &KafkaArgs, timeout: Duration) -> Result<BTreeMap<String, i32>, KafkaError> {
-    let consumer: BaseConsumer<Quiet> =
-        client_config(kafka, &[])?.create_with_context(Quiet).map_err(|e| KafkaError::Config(e.to_string()))?;
-    let md = consumer.fetch_metadata(None, timeout).map_err(|e| KafkaError::Unreachable {
-        brokers: kafka.brokers.clone(),
-        timeout,
-        message: e.to_string(),
+    let consumer: BaseConsumer<Probe> = client_config(kafka, &[])?
+        .create_with_context(Probe::default())
+        .map_err(|e| KafkaError::Config(e.to_string()))?;
+    let md = consumer.fetch_metadata(None, timeout).map_err(|e| {
+        // Error events wait in the client's queue until it is polled.
+        for _ in 0..5 {
+            let _ = consumer.poll(Duration::from_millis(20));
+        }
+        let auth = consumer.context().auth_failure.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        match auth {
+            Some(message) => KafkaError::Authentication { brokers: kafka.brokers.clone(), message },
+            None => KafkaError::Unreachable { brokers: kafka.brokers.clone(), timeout, message: e.to_string() },
+        }
     })?;
     Ok(md
         .topics()

@@ -196,3 +196,68 @@ async fn kill_9_of_the_broker_ten_times_under_load_loses_no_acknowledged_record_
     eprintln!("{kills} kills: {sent} sent, {} acknowledged, {} in the log", acked.len(), log.len());
     b.stop().await;
 }
+
+/// A `broker` process with extra flags; (child, bootstrap).
+async fn spawn_broker(dir: &std::path::Path, extra: &[&str]) -> (tokio::process::Child, String) {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(broker::locate().unwrap())
+        .args(["--data-dir", dir.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(dir.with_extension("log")).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await.unwrap().unwrap().unwrap();
+    let ready: serde_json::Value = serde_json::from_str(&line).unwrap();
+    (child, ready["kafka"].as_str().unwrap().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_sasl_plain_on_the_project_tools_authenticate_with_their_x_settings_and_a_wrong_password_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, brokers) = spawn_broker(&dir.path().join("b"), &["--sasl-plain-user", "alice:s3cret"]).await;
+    let sasl = |password: &str| -> Vec<String> {
+        ["security.protocol=SASL_PLAINTEXT", "sasl.mechanism=PLAIN", "sasl.username=alice"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([format!("sasl.password={password}")])
+            .flat_map(|kv| ["-X".to_string(), kv])
+            .collect()
+    };
+    let mut args = KafkaArgs::new(brokers.clone());
+    args.props = sasl("s3cret")
+        .chunks(2)
+        .filter_map(|c| c[1].split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect();
+    keyflow_infra::kafka::create_topics(&args, &[TopicSpec::new("secured", 2)], None)
+        .await
+        .expect("authenticated admin");
+
+    let run = |password: &str| {
+        let mut cmd = std::process::Command::new(keyflow_e2e::bin("devstack"));
+        cmd.args(["topics", "-b", &brokers, "--json"]).args(sasl(password));
+        cmd.output().unwrap()
+    };
+    let ok = run("s3cret");
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert!(ok.status.success() && stdout.contains("secured"), "{stdout}\n{}", String::from_utf8_lossy(&ok.stderr));
+
+    let bad = run("wrong");
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success(), "a wrong password is refused: {stderr}");
+    assert!(
+        stderr.contains("refused authentication")
+            && stderr.contains("sasl.password")
+            && stderr.trim().lines().count() == 1,
+        "one line saying authentication failed and naming the setting: {stderr}"
+    );
+
+    // A client without SASL gets nothing from this listener.
+    use rdkafka::producer::Producer;
+    let plain: rdkafka::producer::BaseProducer =
+        ClientConfig::new().set("bootstrap.servers", &brokers).create().unwrap();
+    assert!(plain.client().fetch_metadata(None, Duration::from_secs(3)).is_err(), "a PLAINTEXT client is not served");
+    let _ = child.kill().await;
+}

@@ -56,6 +56,9 @@ pub struct Config {
     pub groups: group::GroupConfig,
     /// How often retention (`retention.ms`, `retention.bytes`) is applied.
     pub retention_check: Duration,
+    /// SASL/PLAIN users (name → password): when set, every connection must
+    /// authenticate (SASL_PLAINTEXT) before anything but ApiVersions.
+    pub sasl_plain: Option<std::collections::BTreeMap<String, String>>,
 }
 
 impl Config {
@@ -70,6 +73,7 @@ impl Config {
             default_partitions: 1,
             groups: group::GroupConfig::default(),
             retention_check: Duration::from_secs(30),
+            sasl_plain: None,
         }
     }
 }

@@ -64,9 +64,21 @@ struct Args {
     /// How often retention.ms and retention.bytes are applied.
     #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(100..))]
     retention_check_interval_ms: u64,
+    /// Require SASL/PLAIN (SASL_PLAINTEXT) with this user, USER:PASSWORD;
+    /// repeatable, or comma-separated in the environment variable. Without
+    /// it the listener is PLAINTEXT.
+    #[arg(long, env = "KEYFLOW_BROKER_SASL_PLAIN_USERS", value_delimiter = ',', value_parser = parse_user)]
+    sasl_plain_user: Vec<(String, String)>,
     /// Log lines as text or JSON (stderr; level from RUST_LOG, default info).
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
+}
+
+fn parse_user(v: &str) -> Result<(String, String), String> {
+    match v.split_once(':') {
+        Some((u, p)) if !u.is_empty() => Ok((u.to_string(), p.to_string())),
+        _ => Err("expected USER:PASSWORD".into()),
+    }
 }
 
 fn main() -> ExitCode {
@@ -92,6 +104,9 @@ fn main() -> ExitCode {
             ..GroupConfig::default()
         };
         cfg.retention_check = Duration::from_millis(args.retention_check_interval_ms);
+        if !args.sasl_plain_user.is_empty() {
+            cfg.sasl_plain = Some(args.sasl_plain_user.into_iter().collect());
+        }
         let broker = match Broker::start(cfg).await {
             Ok(b) => b,
             Err(e) => {

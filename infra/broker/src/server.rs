@@ -10,7 +10,7 @@ use anyhow::{anyhow, bail, Context as _};
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::*;
-use kafka_protocol::protocol::{Decodable, Encodable};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpStream;
 
@@ -21,6 +21,15 @@ use crate::State;
 
 /// Kafka's `socket.request.max.bytes` default.
 const MAX_FRAME: i32 = 100 * 1024 * 1024;
+
+/// A connection's SASL state.
+#[derive(Default)]
+pub struct Session {
+    /// SaslHandshake chose PLAIN.
+    handshake: bool,
+    /// The authenticated user.
+    user: Option<String>,
+}
 
 /// What a handler knows about the request besides its body.
 pub struct Ctx {
@@ -35,6 +44,7 @@ pub async fn serve(state: Arc<State>, stream: TcpStream, peer: SocketAddr) {
     let (r, w) = stream.into_split();
     let (mut r, mut w) = (BufReader::new(r), BufWriter::new(w));
     state.metrics.connections.inc();
+    let mut session = Session::default();
     // Until the client closes the connection.
     while let Ok(size) = r.read_i32().await {
         if !(4..=MAX_FRAME).contains(&size) {
@@ -46,7 +56,7 @@ pub async fn serve(state: Arc<State>, stream: TcpStream, peer: SocketAddr) {
             break;
         }
         state.metrics.bytes_in.inc_by(size as u64 + 4);
-        match dispatch(&state, Bytes::from(frame), peer).await {
+        match dispatch(&state, &mut session, Bytes::from(frame), peer).await {
             Ok(Some(resp)) => {
                 state.metrics.bytes_out.inc_by(resp.len() as u64);
                 if w.write_all(&resp).await.is_err() || w.flush().await.is_err() {
@@ -75,9 +85,10 @@ pub fn encode<T: Encodable>(api: ApiKey, version: i16, correlation_id: i32, body
     Ok(out)
 }
 
-fn api_versions(error: Code) -> ApiVersionsResponse {
+fn api_versions(error: Code, sasl: bool) -> ApiVersionsResponse {
     let keys = SUPPORTED
         .iter()
+        .filter(|(api, _, _)| sasl || !versions::is_sasl(*api))
         .map(|(api, min, max)| {
             ApiVersion::default().with_api_key(*api as i16).with_min_version(*min).with_max_version(*max)
         })
@@ -85,17 +96,68 @@ fn api_versions(error: Code) -> ApiVersionsResponse {
     ApiVersionsResponse::default().with_error_code(error.code()).with_api_keys(keys)
 }
 
-async fn dispatch(state: &State, mut frame: Bytes, peer: SocketAddr) -> anyhow::Result<Option<BytesMut>> {
+/// SASL/PLAIN: `authzid NUL user NUL password`; the user if the password matches.
+fn plain_user(users: &std::collections::BTreeMap<String, String>, token: &[u8]) -> Option<String> {
+    let mut parts = token.split(|b| *b == 0);
+    let (_authzid, user, password) = (parts.next()?, parts.next()?, parts.next()?);
+    let user = std::str::from_utf8(user).ok()?;
+    (users.get(user).map(String::as_bytes) == Some(password)).then(|| user.to_string())
+}
+
+fn sasl_handshake(state: &State, session: &mut Session, req: SaslHandshakeRequest) -> SaslHandshakeResponse {
+    let resp = SaslHandshakeResponse::default().with_mechanisms(vec![StrBytes::from_static_str("PLAIN")]);
+    if req.mechanism.as_str() != "PLAIN" || state.cfg.sasl_plain.is_none() {
+        return resp.with_error_code(Code::UnsupportedSaslMechanism.code());
+    }
+    session.handshake = true;
+    resp
+}
+
+fn sasl_authenticate(
+    state: &State,
+    session: &mut Session,
+    req: SaslAuthenticateRequest,
+    peer: SocketAddr,
+) -> SaslAuthenticateResponse {
+    let resp = SaslAuthenticateResponse::default();
+    let Some(users) = state.cfg.sasl_plain.as_ref().filter(|_| session.handshake) else {
+        return resp.with_error_code(Code::IllegalSaslState.code());
+    };
+    match plain_user(users, &req.auth_bytes) {
+        Some(user) => {
+            tracing::debug!(%peer, user, "authenticated");
+            session.user = Some(user);
+            resp
+        }
+        None => {
+            tracing::warn!(%peer, "SASL/PLAIN authentication failed");
+            resp.with_error_code(Code::SaslAuthenticationFailed.code()).with_error_message(Some(
+                StrBytes::from_static_str("Authentication failed: invalid username or password"),
+            ))
+        }
+    }
+}
+
+async fn dispatch(
+    state: &State,
+    session: &mut Session,
+    mut frame: Bytes,
+    peer: SocketAddr,
+) -> anyhow::Result<Option<BytesMut>> {
     let key = i16::from_be_bytes([frame[0], frame[1]]);
     let version = i16::from_be_bytes([frame[2], frame[3]]);
     let api = ApiKey::try_from(key).map_err(|_| anyhow!("unknown API key {key}"))?;
-    if !versions::supported(api, version) {
+    let sasl = state.cfg.sasl_plain.is_some();
+    if !versions::supported(api, version, sasl) {
         if api == ApiKey::ApiVersions {
             // KIP-511: answer in v0 with our range; the client retries with a version we have.
             let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
-            return Ok(Some(encode(api, 0, correlation_id, &api_versions(Code::UnsupportedVersion))?));
+            return Ok(Some(encode(api, 0, correlation_id, &api_versions(Code::UnsupportedVersion, sasl))?));
         }
         bail!("{api:?} v{version} is not supported (see ApiVersions)");
+    }
+    if sasl && session.user.is_none() && !(api == ApiKey::ApiVersions || versions::is_sasl(api)) {
+        bail!("{api:?} before SASL authentication (this listener requires SASL/PLAIN)");
     }
     let header = RequestHeader::decode(&mut frame, api.request_header_version(version))?;
     let ctx = Ctx { version, client_id: header.client_id.as_ref().map(|c| c.to_string()).unwrap_or_default(), peer };
@@ -111,9 +173,18 @@ async fn dispatch(state: &State, mut frame: Bytes, peer: SocketAddr) -> anyhow::
     let out = match api {
         ApiKey::ApiVersions => {
             let _ = ApiVersionsRequest::decode(body, version)?;
-            encode(api, version, corr, &api_versions(Code::None))?
+            encode(api, version, corr, &api_versions(Code::None, sasl))?
+        }
+        ApiKey::SaslHandshake => {
+            let req = SaslHandshakeRequest::decode(body, version)?;
+            encode(api, version, corr, &sasl_handshake(state, session, req))?
+        }
+        ApiKey::SaslAuthenticate => {
+            let req = SaslAuthenticateRequest::decode(body, version)?;
+            encode(api, version, corr, &sasl_authenticate(state, session, req, peer))?
         }
         ApiKey::Metadata => call!(MetadataRequest, api::topics::metadata),
+        ApiKey::DescribeCluster => call!(DescribeClusterRequest, api::topics::describe_cluster),
         ApiKey::CreateTopics => call!(CreateTopicsRequest, api::topics::create_topics),
         ApiKey::DeleteTopics => call!(DeleteTopicsRequest, api::topics::delete_topics),
         ApiKey::CreatePartitions => call!(CreatePartitionsRequest, api::topics::create_partitions),

@@ -34,11 +34,21 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::IncrementalAlterConfigs, 0, 1),
     (ApiKey::AlterConfigs, 0, 2),
+    (ApiKey::DescribeCluster, 0, 1),
+    // Only with SASL on (`--sasl-plain-user`); v1 handshakes are followed by
+    // SaslAuthenticate requests (v0's raw tokens are not supported).
+    (ApiKey::SaslHandshake, 1, 1),
+    (ApiKey::SaslAuthenticate, 0, 2),
 ];
 
-/// Whether `version` of `api` is implemented.
-pub fn supported(api: ApiKey, version: i16) -> bool {
-    SUPPORTED.iter().any(|(a, min, max)| *a == api && (*min..=*max).contains(&version))
+/// The SASL APIs, advertised and served only when SASL is on.
+pub fn is_sasl(api: ApiKey) -> bool {
+    matches!(api, ApiKey::SaslHandshake | ApiKey::SaslAuthenticate)
+}
+
+/// Whether `version` of `api` is implemented (the SASL APIs only with SASL on).
+pub fn supported(api: ApiKey, version: i16, sasl: bool) -> bool {
+    (sasl || !is_sasl(api)) && SUPPORTED.iter().any(|(a, min, max)| *a == api && (*min..=*max).contains(&version))
 }
 
 #[cfg(test)]

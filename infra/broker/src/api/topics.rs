@@ -126,6 +126,22 @@ pub async fn metadata(st: &State, req: MetadataRequest, ctx: &Ctx) -> MetadataRe
     resp
 }
 
+pub async fn describe_cluster(st: &State, req: DescribeClusterRequest, _ctx: &Ctx) -> DescribeClusterResponse {
+    let broker = describe_cluster_response::DescribeClusterBroker::default()
+        .with_broker_id(NODE)
+        .with_host(s(&st.advertised.0))
+        .with_port(st.advertised.1 as i32);
+    let resp = DescribeClusterResponse::default()
+        .with_cluster_id(s(st.topics.cluster_id()))
+        .with_controller_id(NODE)
+        .with_brokers(vec![broker]);
+    if req.include_cluster_authorized_operations {
+        resp.with_cluster_authorized_operations(CLUSTER_OPERATIONS)
+    } else {
+        resp
+    }
+}
+
 pub async fn create_topics(st: &State, req: CreateTopicsRequest, ctx: &Ctx) -> CreateTopicsResponse {
     let mut results = vec![];
     for t in req.topics {
