@@ -11,6 +11,7 @@ use keyflow_schemas::Codec;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Headers;
 use rdkafka::{Message, Offset, TopicPartitionList};
+use serde_json::{json, Value};
 
 use crate::kafka::partition_count;
 use keyflow_schemas::kafka::reader_config;
@@ -55,6 +56,51 @@ impl RawRecord {
     pub fn key_text(&self) -> String {
         self.key.as_deref().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default()
     }
+}
+
+/// One record as a JSON object: topic, partition, offset, timestamp (ms),
+/// time (RFC 3339), key, headers (name → text), and either type (e.g.
+/// `OrderPlaced`), record (the full Avro name), schema_id and value (the
+/// decoded record) or error (why it does not decode).
+pub async fn record_json(codec: &Codec, topic: &str, r: &RawRecord) -> Value {
+    let headers: serde_json::Map<String, Value> = r
+        .headers
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_ref().map_or(Value::Null, |v| Value::String(String::from_utf8_lossy(v).into()))))
+        .collect();
+    let mut v = json!({
+        "topic": topic, "partition": r.partition, "offset": r.offset,
+        "timestamp": r.timestamp, "time": r.timestamp.map(format_rfc3339),
+        "key": r.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned()),
+        "headers": headers,
+    });
+    match codec.decode_json(r.payload.as_deref()).await {
+        Ok(d) => {
+            v["type"] = json!(d.record.rsplit('.').next().unwrap_or(&d.record));
+            v["record"] = json!(d.record);
+            v["schema_id"] = json!(d.schema_id);
+            v["value"] = d.json;
+        }
+        Err(e) => v["error"] = json!(e.to_string()),
+    }
+    v
+}
+
+/// ms since the epoch as RFC 3339 UTC with milliseconds.
+pub fn format_rfc3339(ms: i64) -> String {
+    let (days, rem) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
+    // civil_from_days (Howard Hinnant)
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    let (h, mi, s, milli) = (rem / 3_600_000, rem / 60_000 % 60, rem / 1000 % 60, rem % 1000);
+    format!("{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{milli:03}Z")
 }
 
 /// Streams one partition from its low to its high watermark (as of the
@@ -168,7 +214,7 @@ pub async fn peek(
 ) -> anyhow::Result<Vec<serde_json::Value>> {
     let mut out = Vec::new();
     for r in read_raw(kafka, topic, limit).await? {
-        out.push(crate::tail::record_json(codec, topic, &r).await);
+        out.push(record_json(codec, topic, &r).await);
     }
     Ok(out)
 }
