@@ -384,6 +384,24 @@ impl<W: Worker> Ctx<W> {
         if let Err(e) = r {
             tracing::error!(error = %e, "assign failed");
         }
+        // The restored checkpoint is where the group stands. A previous owner
+        // killed between recording a batch and committing its offsets left the
+        // group's committed offset behind it; with no input after the
+        // takeover nothing else would move it, and the lag would show records
+        // that were processed long ago.
+        if self.cfg.guarantee == Guarantee::EffectivelyOnce {
+            let mut restored = TopicPartitionList::new();
+            for e in with_offsets.elements() {
+                if let Offset::Offset(o) = e.offset() {
+                    let _ = restored.add_partition_offset(e.topic(), e.partition(), Offset::Offset(o));
+                }
+            }
+            if restored.count() > 0 {
+                if let Err(e) = consumer.commit(&restored, CommitMode::Async) {
+                    tracing::warn!(error = %e, "committing the restored checkpoints as group offsets failed");
+                }
+            }
+        }
     }
 
     fn revoke(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList, incremental: bool) {

@@ -592,3 +592,60 @@ async fn a_newer_claim_on_its_partition_makes_a_worker_stop_writing_it_rejoin_an
     eprintln!("claim at offset {at}; {copies} raw copies");
     stack.down().await;
 }
+
+/// The group's committed offsets of `orders` (the counter worker's input), and the partitions' ends.
+fn counter_lag(brokers: &str) -> i64 {
+    let kafka = keyflow_schemas::client::KafkaArgs::new(brokers.to_string());
+    keyflow_infra::pipeline::group_positions(&kafka, "counter", &["orders".to_string()])
+        .unwrap()
+        .iter()
+        .map(|p| p.high - p.committed.unwrap_or(p.low))
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_takeover_with_no_new_input_commits_the_restored_checkpoint_so_the_group_shows_no_lag() {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    let dir = tempfile::tempdir().unwrap();
+    let count = 300u64;
+    let stack = stack_with_orders(dir.path(), 3, count).await;
+    let (brokers, registry) = (stack.kafka.brokers.clone(), stack.registry.registry.clone());
+    let (want, _) = expected(count, 3);
+    let want_total: usize = want.values().map(Vec::len).sum();
+    let log = dir.path().join("worker.log");
+    let codec = Codec::new(&RegistryConfig::new(&registry)).unwrap();
+    let mut tail = Tail::new(&brokers, "loyalty", 3);
+    let mut w = spawn_worker(&brokers, &registry, "", &log);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while tail.distinct(&codec).await < want_total {
+        assert!(Instant::now() < deadline, "outputs did not arrive:\n{}", log_tail(&log));
+    }
+    assert!(std::process::Command::new("kill").args(["-TERM", &w.id().to_string()]).status().unwrap().success());
+    w.wait().unwrap();
+    // (A dynamic member: it leaves the group on SIGTERM, so the group is empty now.)
+
+    // As if the owner had been killed after recording its batches but before
+    // committing their offsets: the group's offsets go back to the start.
+    let c: BaseConsumer =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", &brokers).set("group.id", "counter").create().unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..3 {
+        tpl.add_partition_offset("orders", p, rdkafka::Offset::Offset(0)).unwrap();
+    }
+    c.commit(&tpl, CommitMode::Sync).unwrap();
+    drop(c);
+    assert_eq!(counter_lag(&brokers), count as i64, "the group is back at the start");
+
+    // The next owner restores the checkpoint (the end) and, with no new input,
+    // must still move the group there.
+    let mut w = spawn_worker(&brokers, &registry, "", &log);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while counter_lag(&brokers) > 0 {
+        assert!(Instant::now() < deadline, "the group's lag stayed {}:\n{}", counter_lag(&brokers), log_tail(&log));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (ids, copies) = outputs(&stack.kafka, &codec).await;
+    assert_eq!((ids.len(), copies), (want_total, 0), "nothing was processed again");
+    kill_all([&mut w]);
+    stack.down().await;
+}
