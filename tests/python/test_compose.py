@@ -151,7 +151,7 @@ def test_workers_run_two_instances_after_init_and_prometheus_scrapes_their_metri
     assert svcs["kcat"]["profiles"] == ["tools"]
     assert (REPO / svcs["kcat"]["build"]["context"] / svcs["kcat"]["build"]["dockerfile"]).is_file()
     df = (REPO / "infra/Dockerfile").read_text()
-    for b in ["devstack", "worker", "producer", "schema-registry"]:
+    for b in ["devstack", "worker", "producer", "schema-registry", "broker"]:
         assert f"target/release/{b}" in df, f"infra/Dockerfile does not ship {b}"
 
 
