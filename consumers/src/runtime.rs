@@ -390,17 +390,15 @@ impl<W: Worker> Ctx<W> {
         // takeover nothing else would move it, and the lag would show records
         // that were processed long ago.
         if self.cfg.guarantee == Guarantee::EffectivelyOnce {
-            let mut restored = TopicPartitionList::new();
-            for e in with_offsets.elements() {
-                if let Offset::Offset(o) = e.offset() {
-                    let _ = restored.add_partition_offset(e.topic(), e.partition(), Offset::Offset(o));
-                }
-            }
-            if restored.count() > 0 {
-                if let Err(e) = consumer.commit(&restored, CommitMode::Async) {
-                    tracing::warn!(error = %e, "committing the restored checkpoints as group offsets failed");
-                }
-            }
+            let restored: Vec<GroupOffset> = with_offsets
+                .elements()
+                .iter()
+                .filter_map(|e| match e.offset() {
+                    Offset::Offset(o) => Some((e.topic().to_string(), e.partition(), o)),
+                    _ => None,
+                })
+                .collect();
+            commit_offsets(consumer, &restored, CommitMode::Async);
         }
     }
 

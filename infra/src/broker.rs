@@ -80,6 +80,11 @@ impl Broker {
     /// Starts the broker on `127.0.0.1:<port>` (advertised as `localhost`)
     /// with its data in `data_dir`, and waits for its ready line.
     pub async fn start(bin: &Path, data_dir: &Path, port: u16) -> Result<Broker, BrokerError> {
+        Self::start_with(bin, data_dir, port, &[]).await
+    }
+
+    /// [`Broker::start`] with more `broker` flags (e.g. `--sasl-plain-user`).
+    pub async fn start_with(bin: &Path, data_dir: &Path, port: u16, extra: &[&str]) -> Result<Broker, BrokerError> {
         ensure_port_free("127.0.0.1", port, "the Kafka broker port", "--broker-port")?;
         let io = |what, path: &Path| {
             let path = path.display().to_string();
@@ -94,6 +99,7 @@ impl Broker {
             .arg(data_dir)
             .args(["--listen", &format!("127.0.0.1:{port}"), "--advertised-host", "localhost"])
             .args(["--metrics", "127.0.0.1:0"])
+            .args(extra)
             .env("RUST_LOG", std::env::var("KEYFLOW_BROKER_LOG").unwrap_or_else(|_| "info".into()))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -36,31 +36,6 @@ fn committed(brokers: &str) -> BTreeMap<i32, i64> {
     got.elements().iter().map(|e| (e.partition(), if let Offset::Offset(o) = e.offset() { o } else { -1 })).collect()
 }
 
-/// Every record of the topic, read from the start: (partition, offset) → payload.
-async fn read_all(brokers: &str) -> Vec<String> {
-    let c: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "crash-reader")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        tpl.add_partition_offset(TOPIC, p, Offset::Beginning).unwrap();
-    }
-    c.assign(&tpl).unwrap();
-    let (mut out, mut eof) = (vec![], 0);
-    while eof < PARTITIONS {
-        match tokio::time::timeout(Duration::from_secs(30), c.recv()).await.expect("reading back") {
-            Ok(m) => out.push(String::from_utf8(m.payload().unwrap().to_vec()).unwrap()),
-            Err(rdkafka::error::KafkaError::PartitionEOF(_)) => eof += 1,
-            Err(e) => panic!("{e}"),
-        }
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_of_the_broker_ten_times_under_load_loses_no_acknowledged_record_duplicates_none_and_keeps_committed_offsets(
 ) {
@@ -177,7 +152,12 @@ async fn kill_9_of_the_broker_ten_times_under_load_loses_no_acknowledged_record_
     consume.await.unwrap();
 
     let acked = acked.lock().unwrap().clone();
-    let log = read_all(&brokers).await;
+    let log: Vec<String> = keyflow_infra::inspect::read_raw(&KafkaArgs::new(brokers.clone()), TOPIC, usize::MAX)
+        .await
+        .expect("reading the topic back")
+        .iter()
+        .map(|r| String::from_utf8(r.payload.clone().unwrap_or_default()).unwrap())
+        .collect();
     let mut seen: HashMap<u64, usize> = HashMap::new();
     for p in &log {
         *seen.entry(p.parse().unwrap()).or_default() += 1;
@@ -197,27 +177,14 @@ async fn kill_9_of_the_broker_ten_times_under_load_loses_no_acknowledged_record_
     b.stop().await;
 }
 
-/// A `broker` process with extra flags; (child, bootstrap).
-async fn spawn_broker(dir: &std::path::Path, extra: &[&str]) -> (tokio::process::Child, String) {
-    use tokio::io::AsyncBufReadExt;
-    let mut child = tokio::process::Command::new(broker::locate().unwrap())
-        .args(["--data-dir", dir.to_str().unwrap(), "--listen", "127.0.0.1:0"])
-        .args(extra)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::fs::File::create(dir.with_extension("log")).unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await.unwrap().unwrap().unwrap();
-    let ready: serde_json::Value = serde_json::from_str(&line).unwrap();
-    (child, ready["kafka"].as_str().unwrap().to_string())
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn with_sasl_plain_on_the_project_tools_authenticate_with_their_x_settings_and_a_wrong_password_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, brokers) = spawn_broker(&dir.path().join("b"), &["--sasl-plain-user", "alice:s3cret"]).await;
+    let b =
+        Broker::start_with(&broker::locate().unwrap(), dir.path(), free_port(), &["--sasl-plain-user", "alice:s3cret"])
+            .await
+            .expect("broker starts");
+    let brokers = b.bootstrap.clone();
     let sasl = |password: &str| -> Vec<String> {
         ["security.protocol=SASL_PLAINTEXT", "sasl.mechanism=PLAIN", "sasl.username=alice"]
             .iter()
@@ -259,5 +226,5 @@ async fn with_sasl_plain_on_the_project_tools_authenticate_with_their_x_settings
     let plain: rdkafka::producer::BaseProducer =
         ClientConfig::new().set("bootstrap.servers", &brokers).create().unwrap();
     assert!(plain.client().fetch_metadata(None, Duration::from_secs(3)).is_err(), "a PLAINTEXT client is not served");
-    let _ = child.kill().await;
+    b.stop().await;
 }
