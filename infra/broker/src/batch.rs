@@ -8,7 +8,7 @@
 //! are decoded with `kafka-protocol` only where a record's own offset or
 //! timestamp matters (ListOffsets by time).
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, BufMut, Bytes};
 
 /// Size of the v2 batch header, up to and including the record count.
 pub const HEADER_LEN: usize = 61;
@@ -170,58 +170,140 @@ pub fn first_offset_at_or_after(batch: &Bytes, ts: i64) -> Option<(i64, i64)> {
     set.records.iter().find(|r| r.timestamp >= ts).map(|r| (r.offset, r.timestamp))
 }
 
+/// The header fields of a batch being built.
+struct Fields {
+    attributes: i16,
+    last_offset_delta: i32,
+    timestamp: i64,
+    producer_id: i64,
+    epoch: i16,
+    base_sequence: i32,
+}
+
+/// A v2 batch (base offset 0) of `count` encoded records.
+fn encode(f: Fields, count: i32, records: &[u8]) -> Vec<u8> {
+    let mut after_crc = Vec::with_capacity(HEADER_LEN + records.len());
+    after_crc.put_i16(f.attributes);
+    after_crc.put_i32(f.last_offset_delta);
+    after_crc.put_i64(f.timestamp);
+    after_crc.put_i64(f.timestamp);
+    after_crc.put_i64(f.producer_id);
+    after_crc.put_i16(f.epoch);
+    after_crc.put_i32(f.base_sequence);
+    after_crc.put_i32(count);
+    after_crc.put_slice(records);
+    let mut b = Vec::with_capacity(CRC_START + after_crc.len());
+    b.put_i64(0);
+    b.put_i32((4 + 1 + 4 + after_crc.len()) as i32);
+    b.put_i32(0);
+    b.put_i8(2);
+    b.put_u32(crc32c::crc32c(&after_crc));
+    b.put_slice(&after_crc);
+    b
+}
+
+fn put_varint(b: &mut Vec<u8>, v: i64) {
+    let mut z = ((v << 1) ^ (v >> 63)) as u64;
+    loop {
+        if z < 0x80 {
+            b.put_u8(z as u8);
+            return;
+        }
+        b.put_u8((z as u8 & 0x7f) | 0x80);
+        z >>= 7;
+    }
+}
+
+fn get_varint(b: &mut &[u8]) -> Option<i64> {
+    let mut z = 0u64;
+    for shift in (0..64).step_by(7) {
+        let (&byte, rest) = b.split_first()?;
+        *b = rest;
+        z |= ((byte & 0x7f) as u64) << shift;
+        if byte & 0x80 == 0 {
+            return Some((z >> 1) as i64 ^ -((z & 1) as i64));
+        }
+    }
+    None
+}
+
+/// A transaction marker (a control batch of one record) ending
+/// `producer_id`'s transaction, as the transaction coordinator writes it.
+pub fn control_batch(producer_id: i64, epoch: i16, commit: bool, coordinator_epoch: i32, timestamp: i64) -> Vec<u8> {
+    let mut body = vec![0u8]; // attributes
+    put_varint(&mut body, 0); // timestamp delta
+    put_varint(&mut body, 0); // offset delta
+    put_varint(&mut body, 4);
+    body.put_i16(0); // key version
+    body.put_i16(commit as i16); // type: 0 abort, 1 commit
+    put_varint(&mut body, 6);
+    body.put_i16(0); // value version
+    body.put_i32(coordinator_epoch);
+    put_varint(&mut body, 0); // headers
+    let mut records = vec![];
+    put_varint(&mut records, body.len() as i64);
+    records.extend_from_slice(&body);
+    let f = Fields {
+        attributes: TRANSACTIONAL | CONTROL,
+        last_offset_delta: 0,
+        timestamp,
+        producer_id,
+        epoch,
+        base_sequence: -1,
+    };
+    encode(f, 1, &records)
+}
+
+/// Whether a control batch marks a commit (`Some(true)`), an abort
+/// (`Some(false)`), or is no transaction marker (`None`). Control batches
+/// are never compressed.
+pub fn control_commits(batch: &[u8]) -> Option<bool> {
+    let mut b = batch.get(HEADER_LEN..)?;
+    get_varint(&mut b)?; // record length
+    b = b.get(1..)?; // attributes
+    get_varint(&mut b)?; // timestamp delta
+    get_varint(&mut b)?; // offset delta
+    if get_varint(&mut b)? < 4 {
+        return None;
+    }
+    match i16::from_be_bytes(b.get(2..4)?.try_into().ok()?) {
+        0 => Some(false),
+        1 => Some(true),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use bytes::BufMut;
 
     /// A v2 batch of `n` uncompressed records (keys `k<i>`, no headers) as a
     /// producer would send it.
     pub fn batch(n: i32, producer_id: i64, epoch: i16, base_sequence: i32, ts: i64) -> Bytes {
-        let mut records = bytes::BytesMut::new();
+        batch_with(0, n, producer_id, epoch, base_sequence, ts)
+    }
+
+    /// The same, transactional.
+    pub fn txn_batch(n: i32, producer_id: i64, epoch: i16, base_sequence: i32) -> Bytes {
+        batch_with(TRANSACTIONAL, n, producer_id, epoch, base_sequence, 0)
+    }
+
+    fn batch_with(attributes: i16, n: i32, producer_id: i64, epoch: i16, base_sequence: i32, ts: i64) -> Bytes {
+        let mut records = vec![];
         for i in 0..n {
-            let mut body = bytes::BytesMut::new();
-            body.put_i8(0); // attributes
+            let mut body = vec![0u8]; // attributes
             put_varint(&mut body, 0); // timestamp delta
             put_varint(&mut body, i as i64); // offset delta
             let key = format!("k{i}");
             put_varint(&mut body, key.len() as i64);
-            body.put_slice(key.as_bytes());
+            body.extend_from_slice(key.as_bytes());
             put_varint(&mut body, -1); // null value
             put_varint(&mut body, 0); // headers
             put_varint(&mut records, body.len() as i64);
-            records.put_slice(&body);
+            records.extend_from_slice(&body);
         }
-        let mut after_crc = bytes::BytesMut::new();
-        after_crc.put_i16(0);
-        after_crc.put_i32(n - 1);
-        after_crc.put_i64(ts);
-        after_crc.put_i64(ts);
-        after_crc.put_i64(producer_id);
-        after_crc.put_i16(epoch);
-        after_crc.put_i32(base_sequence);
-        after_crc.put_i32(n);
-        after_crc.put_slice(&records);
-        let mut b = bytes::BytesMut::new();
-        b.put_i64(0);
-        b.put_i32((4 + 1 + 4 + after_crc.len()) as i32);
-        b.put_i32(-1);
-        b.put_i8(2);
-        b.put_u32(crc32c::crc32c(&after_crc));
-        b.put_slice(&after_crc);
-        b.freeze()
-    }
-
-    fn put_varint(b: &mut bytes::BytesMut, v: i64) {
-        let mut z = ((v << 1) ^ (v >> 63)) as u64;
-        loop {
-            if z < 0x80 {
-                b.put_u8(z as u8);
-                return;
-            }
-            b.put_u8((z as u8 & 0x7f) | 0x80);
-            z >>= 7;
-        }
+        let fields = Fields { attributes, last_offset_delta: n - 1, timestamp: ts, producer_id, epoch, base_sequence };
+        Bytes::from(encode(fields, n, &records))
     }
 
     #[test]
@@ -257,6 +339,18 @@ pub(crate) mod tests {
         let b = Bytes::from(with_base_offset(&batch(3, -1, -1, -1, 100), 10));
         assert_eq!(first_offset_at_or_after(&b, 100), Some((10, 100)));
         assert_eq!(first_offset_at_or_after(&b, 101), None);
+    }
+
+    #[test]
+    fn a_control_batch_is_valid_and_says_whether_it_commits() {
+        for commit in [true, false] {
+            let b = control_batch(9, 3, commit, 0, 1_000);
+            let h = validate(&b).unwrap();
+            assert!(h.is_control() && h.is_transactional());
+            assert_eq!((h.producer_id, h.producer_epoch, h.base_sequence, h.records_count), (9, 3, -1, 1));
+            assert_eq!(control_commits(&b), Some(commit));
+        }
+        assert_eq!(control_commits(&batch(1, -1, -1, -1, 0)), None, "a data record's key is not a marker");
     }
 
     #[test]

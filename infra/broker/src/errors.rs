@@ -29,20 +29,37 @@ pub enum Code {
     UnsupportedForMessageFormat = 43,
     OutOfOrderSequenceNumber = 45,
     InvalidProducerEpoch = 47,
+    InvalidTxnState = 48,
+    InvalidProducerIdMapping = 49,
+    InvalidTransactionTimeout = 50,
+    ConcurrentTransactions = 51,
     InvalidConfig = 40,
     TransactionalIdAuthorizationFailed = 53,
+    OperationNotAttempted = 55,
     KafkaStorageError = 56,
     SaslAuthenticationFailed = 58,
     GroupIdNotFound = 69,
     NonEmptyGroup = 68,
     MemberIdRequired = 79,
     FencedInstanceId = 82,
+    UnstableOffsetCommit = 88,
+    ProducerFenced = 90,
     UnknownServerError = -1,
 }
 
 impl Code {
     pub fn code(self) -> i16 {
         self as i16
+    }
+
+    /// PRODUCER_FENCED for clients that know it (from `since` on), the older
+    /// INVALID_PRODUCER_EPOCH for the others, as Kafka answers.
+    pub fn for_version(self, version: i16, since: i16) -> Code {
+        if self == Code::ProducerFenced && version < since {
+            Code::InvalidProducerEpoch
+        } else {
+            self
+        }
     }
 }
 

@@ -23,7 +23,9 @@ pub mod metrics;
 pub mod offsets;
 pub mod producers;
 pub mod server;
+pub mod table;
 pub mod topics;
+pub mod txn;
 pub mod versions;
 
 use std::net::SocketAddr;
@@ -116,6 +118,7 @@ pub struct State {
     pub topics: topics::Topics,
     pub groups: group::Coordinator,
     pub offsets: offsets::Offsets,
+    pub txns: txn::Transactions,
     pub producer_ids: ProducerIds,
     pub metrics: metrics::Metrics,
 }
@@ -138,12 +141,21 @@ impl Broker {
             .with_context(|| format!("cannot create --data-dir {}", cfg.data_dir.display()))?;
         let dir = cfg.data_dir.clone();
         let fsync = cfg.fsync;
-        let (topics, offsets) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-            Ok((topics::Topics::open(&dir, fsync)?, offsets::Offsets::open(&dir, fsync)?))
+        let (topics, offsets, txns) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            Ok((
+                topics::Topics::open(&dir, fsync)?,
+                offsets::Offsets::open(&dir, fsync)?,
+                txn::Transactions::open(&dir, fsync)?,
+            ))
         })
         .await??;
-        let max_pid =
-            topics.all().iter().flat_map(|t| t.partitions.iter().map(|p| p.max_producer_id())).max().unwrap_or(-1);
+        let max_pid = topics
+            .all()
+            .iter()
+            .flat_map(|t| t.partitions.iter().map(|p| p.max_producer_id()))
+            .chain([txns.max_producer_id()])
+            .max()
+            .unwrap_or(-1);
         let producer_ids = ProducerIds::open(&cfg.data_dir, max_pid + 1)?;
         let listener =
             TcpListener::bind(cfg.listen).await.with_context(|| format!("cannot listen on --listen {}", cfg.listen))?;
@@ -160,10 +172,15 @@ impl Broker {
             groups: group::Coordinator::new(cfg.groups),
             topics,
             offsets,
+            txns,
             producer_ids,
             metrics: metrics::Metrics::new(),
             cfg,
         });
+        let st = state.clone();
+        tokio::task::spawn_blocking(move || txn::recover(&st))
+            .await?
+            .map_err(|c| anyhow::anyhow!("cannot finish the transactions open before the restart: {c:?}"))?;
         let (stop, stopped) = watch::channel(false);
         let mut tasks = vec![];
         tasks.push(tokio::spawn(accept(state.clone(), listener, stopped.clone())));
@@ -216,7 +233,7 @@ async fn accept(state: Arc<State>, listener: TcpListener, mut stopped: watch::Re
     conns.shutdown().await;
 }
 
-/// Group timers (every 100 ms) and retention.
+/// Group and transaction timers (every 100 ms), and retention.
 async fn tick(state: Arc<State>, mut stopped: watch::Receiver<bool>) {
     let mut last_retention = tokio::time::Instant::now();
     loop {
@@ -225,6 +242,8 @@ async fn tick(state: Arc<State>, mut stopped: watch::Receiver<bool>) {
             _ = stopped.changed() => return,
         }
         state.groups.tick();
+        let st = state.clone();
+        let _ = tokio::task::spawn_blocking(move || txn::expire(&st)).await;
         if last_retention.elapsed() >= state.cfg.retention_check {
             last_retention = tokio::time::Instant::now();
             let st = state.clone();

@@ -78,6 +78,8 @@ pub struct Slice {
     file: Arc<File>,
     pos: u64,
     len: usize,
+    /// The offset of the last record in it.
+    pub last: i64,
 }
 
 impl Slice {
@@ -197,7 +199,7 @@ impl PartitionLog {
             if h.base_offset < expected {
                 return Ok((seg, Some((at as u64, format!("offset {} goes back", h.base_offset)))));
             }
-            self.producers.record(&h, h.base_offset);
+            self.producers.record(&h, h.base_offset, &rest[..size]);
             seg.batches.push(Entry {
                 last: h.last_offset(),
                 pos: at as u64,
@@ -238,6 +240,11 @@ impl PartitionLog {
         &self.producers
     }
 
+    /// The last stable offset: below it no transaction is open.
+    pub fn last_stable(&self) -> i64 {
+        self.producers.first_unstable().unwrap_or(self.next_offset)
+    }
+
     /// Bytes on disk.
     pub fn size(&self) -> u64 {
         self.segments.iter().map(|s| s.size).sum()
@@ -267,13 +274,14 @@ impl PartitionLog {
         seg.batches.push(Entry { last, pos: seg.size, len: bytes.len() as u32, max_ts: h.max_timestamp });
         seg.size += bytes.len() as u64;
         self.next_offset = last + 1;
-        self.producers.record(h, base);
+        self.producers.record(h, base, &bytes);
         Ok(base)
     }
 
     /// The batches from the one holding `offset` on, up to `max_bytes` (at
-    /// least one batch), within one segment.
-    pub fn read(&self, offset: i64, max_bytes: usize) -> Result<Option<Slice>, ReadError> {
+    /// least one batch), within one segment, ending below `limit` (the end,
+    /// or the last stable offset for read_committed).
+    pub fn read(&self, offset: i64, max_bytes: usize, limit: i64) -> Result<Option<Slice>, ReadError> {
         if offset < self.log_start || offset > self.next_offset {
             return Err(ReadError::OutOfRange { log_start: self.log_start, end: self.next_offset });
         }
@@ -284,14 +292,18 @@ impl PartitionLog {
         for seg in &self.segments[si..] {
             let i = seg.batches.partition_point(|e| e.last < offset);
             let Some(first) = seg.batches.get(i) else { continue };
-            let mut len = first.len as usize;
+            if first.last >= limit {
+                return Ok(None);
+            }
+            let (mut len, mut last) = (first.len as usize, first.last);
             for e in &seg.batches[i + 1..] {
-                if len + e.len as usize > max_bytes {
+                if len + e.len as usize > max_bytes || e.last >= limit {
                     break;
                 }
                 len += e.len as usize;
+                last = e.last;
             }
-            return Ok(Some(Slice { file: seg.file.clone(), pos: first.pos, len }));
+            return Ok(Some(Slice { file: seg.file.clone(), pos: first.pos, len, last }));
         }
         Ok(None)
     }
@@ -304,6 +316,7 @@ impl PartitionLog {
                 file: s.file.clone(),
                 pos: e.pos,
                 len: e.len as usize,
+                last: e.last,
             })
         })
     }
@@ -314,7 +327,8 @@ impl PartitionLog {
         for s in &self.segments {
             for e in s.batches.iter().filter(|e| e.last >= self.log_start) {
                 if best.as_ref().is_none_or(|(ts, _)| e.max_ts > *ts) {
-                    best = Some((e.max_ts, Slice { file: s.file.clone(), pos: e.pos, len: e.len as usize }));
+                    let slice = Slice { file: s.file.clone(), pos: e.pos, len: e.len as usize, last: e.last };
+                    best = Some((e.max_ts, slice));
                 }
             }
         }
@@ -328,6 +342,7 @@ impl PartitionLog {
             self.log_start = offset;
             write_atomically(&self.dir.join(START_FILE), offset.to_string().as_bytes())?;
             self.drop_segments_below_start()?;
+            self.producers.forget_below(offset);
         }
         Ok(self.log_start)
     }
@@ -390,7 +405,7 @@ mod tests {
         drop(log);
         let (log, rec) = PartitionLog::open(dir.path(), CFG).unwrap();
         assert_eq!((log.end(), rec.batches, rec.truncated_bytes), (5, 2, 0));
-        let slice = log.read(4, 1 << 20).unwrap().unwrap();
+        let slice = log.read(4, 1 << 20, i64::MAX).unwrap().unwrap();
         assert_eq!(batch::validate(&slice.read().unwrap()).unwrap().base_offset, 3, "whole batch holding 4");
         assert_eq!(log.producers().epoch(1), Some(0), "producer state rebuilt");
     }
@@ -415,8 +430,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut log, _) = PartitionLog::open(dir.path(), CFG).unwrap();
         append(&mut log, 2, -1, -1, 10);
-        assert!(log.read(2, 100).unwrap().is_none());
-        assert_eq!(log.read(3, 100).unwrap_err(), ReadError::OutOfRange { log_start: 0, end: 2 });
+        assert!(log.read(2, 100, i64::MAX).unwrap().is_none());
+        assert_eq!(log.read(3, 100, i64::MAX).unwrap_err(), ReadError::OutOfRange { log_start: 0, end: 2 });
     }
 
     #[test]
@@ -429,8 +444,8 @@ mod tests {
         }
         assert!(log.segments.len() > 2);
         assert_eq!(log.delete_before(7).unwrap(), 7);
-        assert!(log.read(6, 100).is_err());
-        assert!(log.read(7, 100).unwrap().is_some());
+        assert!(log.read(6, 100, i64::MAX).is_err());
+        assert!(log.read(7, 100, i64::MAX).unwrap().is_some());
         let files = fs::read_dir(dir.path()).unwrap().count();
         drop(log);
         let (log, _) = PartitionLog::open(dir.path(), cfg).unwrap();

@@ -1,16 +1,11 @@
-//! Committed group offsets, persisted as an append-only file of JSON lines
-//! (`offsets.jsonl`): one line per committed partition, written before the
-//! commit is answered. Replayed on start (a torn last line is skipped) and
-//! rewritten compactly, atomically, once it holds four times more lines than
-//! live offsets.
+//! Committed group offsets, in a [`Table`] (`offsets.jsonl`): one line per
+//! committed partition, written before the commit is answered.
 
-use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
+
+use crate::table::Table;
 
 /// One committed offset.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,114 +15,53 @@ pub struct Committed {
     pub metadata: Option<String>,
 }
 
-#[derive(Serialize, Deserialize)]
-struct Line {
+/// (group, topic, partition), ordered so a group's offsets are one range.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+struct Key {
     g: String,
     t: String,
     p: i32,
-    /// `None`: the group's offsets for this partition were deleted.
-    c: Option<Committed>,
 }
 
-type Key = (String, String, i32);
-
-struct Inner {
-    file: File,
-    lines: usize,
-    map: BTreeMap<Key, Committed>,
+fn key(group: &str, topic: &str, partition: i32) -> Key {
+    Key { g: group.into(), t: topic.into(), p: partition }
 }
 
 /// The offsets of every group.
 pub struct Offsets {
-    path: PathBuf,
-    fsync: bool,
-    inner: Mutex<Inner>,
+    table: Mutex<Table<Key, Committed>>,
 }
 
 impl Offsets {
-    pub fn open(dir: &Path, fsync: bool) -> std::io::Result<Offsets> {
-        let path = dir.join("offsets.jsonl");
-        let mut map = BTreeMap::new();
-        let mut lines = 0;
-        if let Ok(f) = File::open(&path) {
-            for line in BufReader::new(f).lines() {
-                let Ok(line) = line else { break };
-                let Ok(l) = serde_json::from_str::<Line>(&line) else {
-                    tracing::warn!(file = %path.display(), "skipped a torn line of committed offsets");
-                    continue;
-                };
-                lines += 1;
-                match l.c {
-                    Some(c) => map.insert((l.g, l.t, l.p), c),
-                    None => map.remove(&(l.g, l.t, l.p)),
-                };
-            }
-        }
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
-        let offsets = Offsets { path, fsync, inner: Mutex::new(Inner { file, lines, map }) };
-        offsets.compact_if_needed(&mut offsets.inner.lock().unwrap())?;
-        Ok(offsets)
+    pub fn open(dir: &std::path::Path, fsync: bool) -> std::io::Result<Offsets> {
+        Ok(Offsets { table: Mutex::new(Table::open(dir, "offsets.jsonl", fsync)?) })
     }
 
     /// Stores commits of one group (or deletes them, `None`).
     pub fn commit(&self, group: &str, commits: &[(String, i32, Option<Committed>)]) -> std::io::Result<()> {
-        let mut inner = self.inner.lock().unwrap();
-        let mut buf = Vec::new();
-        for (t, p, c) in commits {
-            let line = Line { g: group.into(), t: t.clone(), p: *p, c: c.clone() };
-            serde_json::to_writer(&mut buf, &line)?;
-            buf.push(b'\n');
-        }
-        inner.file.write_all(&buf)?;
-        if self.fsync {
-            inner.file.sync_data()?;
-        }
-        inner.lines += commits.len();
-        for (t, p, c) in commits {
-            let key = (group.to_string(), t.clone(), *p);
-            match c {
-                Some(c) => inner.map.insert(key, c.clone()),
-                None => inner.map.remove(&key),
-            };
-        }
-        self.compact_if_needed(&mut inner)
-    }
-
-    fn compact_if_needed(&self, inner: &mut Inner) -> std::io::Result<()> {
-        if inner.lines < 1000 || inner.lines < 4 * inner.map.len() {
-            return Ok(());
-        }
-        let mut buf = Vec::new();
-        for ((g, t, p), c) in &inner.map {
-            let line = Line { g: g.clone(), t: t.clone(), p: *p, c: Some(c.clone()) };
-            serde_json::to_writer(&mut buf, &line)?;
-            buf.push(b'\n');
-        }
-        crate::log::write_atomically(&self.path, &buf)?;
-        inner.file = OpenOptions::new().append(true).open(&self.path)?;
-        inner.lines = inner.map.len();
-        Ok(())
+        let changes = commits.iter().map(|(t, p, c)| (key(group, t, *p), c.clone())).collect();
+        self.table.lock().unwrap().write(changes)
     }
 
     pub fn get(&self, group: &str, topic: &str, partition: i32) -> Option<Committed> {
-        self.inner.lock().unwrap().map.get(&(group.into(), topic.into(), partition)).cloned()
+        self.table.lock().unwrap().map().get(&key(group, topic, partition)).cloned()
     }
 
     /// Every committed offset of a group: (topic, partition, offset).
     pub fn of_group(&self, group: &str) -> Vec<(String, i32, Committed)> {
-        let inner = self.inner.lock().unwrap();
-        inner
-            .map
-            .range((group.to_string(), String::new(), i32::MIN)..)
-            .take_while(|((g, _, _), _)| g == group)
-            .map(|((_, t, p), c)| (t.clone(), *p, c.clone()))
+        let table = self.table.lock().unwrap();
+        table
+            .map()
+            .range(key(group, "", i32::MIN)..)
+            .take_while(|(k, _)| k.g == group)
+            .map(|(k, c)| (k.t.clone(), k.p, c.clone()))
             .collect()
     }
 
     /// Groups that have committed offsets.
     pub fn groups(&self) -> Vec<String> {
-        let inner = self.inner.lock().unwrap();
-        let mut gs: Vec<String> = inner.map.keys().map(|(g, _, _)| g.clone()).collect();
+        let table = self.table.lock().unwrap();
+        let mut gs: Vec<String> = table.map().keys().map(|k| k.g.clone()).collect();
         gs.dedup();
         gs
     }
@@ -141,17 +75,17 @@ impl Offsets {
 
     /// Forgets every group's offsets of a deleted topic.
     pub fn delete_topic(&self, topic: &str) -> std::io::Result<()> {
-        let keys: Vec<Key> = self.inner.lock().unwrap().map.keys().filter(|(_, t, _)| t == topic).cloned().collect();
-        for (g, t, p) in keys {
-            self.commit(&g, &[(t, p, None)])?;
-        }
-        Ok(())
+        let mut table = self.table.lock().unwrap();
+        let gone = table.map().keys().filter(|k| k.t == topic).map(|k| (k.clone(), None)).collect();
+        table.write(gone)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::OpenOptions;
+    use std::io::Write;
 
     fn c(offset: i64) -> Option<Committed> {
         Some(Committed { offset, leader_epoch: 0, metadata: Some("m".into()) })

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use crate::batch::Header;
 use crate::errors::Code;
 use crate::log::{self, LogConfig, PartitionLog, ReadError, Recovered, Slice};
-use crate::producers::Check;
+use crate::producers::{Aborted, Check, ProducerInfo};
 
 /// A topic config the broker knows: its default and how a value is checked.
 pub struct ConfigKey {
@@ -130,14 +130,48 @@ impl Partition {
         Ok(Appended { base_offset: first.unwrap_or(-1), log_start: log.log_start() })
     }
 
+    /// Writes a transaction marker for `producer_id` (the transaction
+    /// coordinator ending its transaction here); returns its offset.
+    pub fn append_marker(&self, producer_id: i64, epoch: i16, commit: bool) -> std::io::Result<i64> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        let raw = crate::batch::control_batch(producer_id, epoch, commit, 0, now);
+        let h = Header::parse(&raw).expect("a marker the broker built");
+        let mut log = self.lock();
+        let offset = log.append(&h, &raw)?;
+        self.end.send_replace(log.end());
+        Ok(offset)
+    }
+
     /// (log start, end offset).
     pub fn bounds(&self) -> (i64, i64) {
         let log = self.lock();
         (log.log_start(), log.end())
     }
 
-    pub fn read(&self, offset: i64, max_bytes: usize) -> Result<Option<Slice>, ReadError> {
-        self.lock().read(offset, max_bytes)
+    /// (log start, last stable offset, end offset).
+    pub fn offsets(&self) -> (i64, i64, i64) {
+        let log = self.lock();
+        (log.log_start(), log.last_stable(), log.end())
+    }
+
+    /// Batches from `offset` on; read_committed stops at the last stable offset.
+    pub fn read(&self, offset: i64, max_bytes: usize, read_committed: bool) -> Result<Option<Slice>, ReadError> {
+        let log = self.lock();
+        let limit = if read_committed { log.last_stable() } else { i64::MAX };
+        log.read(offset, max_bytes, limit)
+    }
+
+    /// The aborted transactions with records between `from` and `to`.
+    pub fn aborted_between(&self, from: i64, to: i64) -> Vec<Aborted> {
+        self.lock().producers().aborted_between(from, to)
+    }
+
+    /// Every producer that wrote here.
+    pub fn producers(&self) -> Vec<ProducerInfo> {
+        self.lock().producers().describe()
     }
 
     pub fn watch_end(&self) -> watch::Receiver<i64> {

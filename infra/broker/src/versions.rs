@@ -35,6 +35,13 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::IncrementalAlterConfigs, 0, 1),
     (ApiKey::AlterConfigs, 0, 2),
     (ApiKey::DescribeCluster, 0, 1),
+    // Transactions as before KIP-890 part 2 (EndTxn v5 returns a new epoch).
+    (ApiKey::AddPartitionsToTxn, 0, 3),
+    (ApiKey::AddOffsetsToTxn, 0, 3),
+    (ApiKey::TxnOffsetCommit, 0, 3),
+    (ApiKey::EndTxn, 0, 3),
+    (ApiKey::DescribeProducers, 0, 0),
+    (ApiKey::ListTransactions, 0, 0),
     // Only with SASL on (`--sasl-plain-user`); v1 handshakes are followed by
     // SaslAuthenticate requests (v0's raw tokens are not supported).
     (ApiKey::SaslHandshake, 1, 1),

@@ -188,23 +188,37 @@ pub async fn offset_commit(st: &State, req: OffsetCommitRequest, ctx: &Ctx) -> O
     OffsetCommitResponse::default().with_topics(topics)
 }
 
+/// A partition's committed offset, or why it is not given.
+type Fetched = (i32, Result<Option<Committed>, Code>);
+
 /// One group's committed offsets: of the asked partitions (-1 where none),
-/// or of all when `topics` is `None`.
+/// or of all when `topics` is `None`. With `require_stable`, a partition
+/// whose offsets an open transaction holds answers UNSTABLE_OFFSET_COMMIT
+/// (the client retries), as Kafka does.
 fn fetch_group(
     st: &State,
     group: &str,
     topics: Option<Vec<(String, Vec<i32>)>>,
-) -> BTreeMap<String, Vec<(i32, Option<Committed>)>> {
-    let mut out: BTreeMap<String, Vec<(i32, Option<Committed>)>> = BTreeMap::new();
+    require_stable: bool,
+) -> BTreeMap<String, Vec<Fetched>> {
+    let get = |t: &str, p: i32, c: Option<Committed>| {
+        if require_stable && st.txns.pending(group, t, p) {
+            (p, Err(Code::UnstableOffsetCommit))
+        } else {
+            (p, Ok(c))
+        }
+    };
+    let mut out: BTreeMap<String, Vec<Fetched>> = BTreeMap::new();
     match topics {
         None => {
             for (t, p, c) in st.offsets.of_group(group) {
-                out.entry(t).or_default().push((p, Some(c)));
+                let f = get(&t, p, Some(c));
+                out.entry(t).or_default().push(f);
             }
         }
         Some(ts) => {
             for (t, ps) in ts {
-                let v = ps.into_iter().map(|p| (p, st.offsets.get(group, &t, p))).collect();
+                let v = ps.into_iter().map(|p| get(&t, p, st.offsets.get(group, &t, p))).collect();
                 out.insert(t, v);
             }
         }
@@ -212,12 +226,14 @@ fn fetch_group(
     out
 }
 
-fn committed_fields(c: &Option<Committed>, version: i16) -> (i64, i32, Option<StrBytes>) {
+/// (offset, leader epoch, metadata, error code) as a response carries them.
+fn committed_fields(c: &Result<Option<Committed>, Code>, version: i16) -> (i64, i32, Option<StrBytes>, i16) {
     match c {
-        Some(c) => {
-            (c.offset, if version >= 5 { c.leader_epoch } else { -1 }, Some(s(c.metadata.as_deref().unwrap_or(""))))
+        Ok(Some(c)) => {
+            (c.offset, if version >= 5 { c.leader_epoch } else { -1 }, Some(s(c.metadata.as_deref().unwrap_or(""))), 0)
         }
-        None => (-1, -1, Some(s(""))),
+        Ok(None) => (-1, -1, Some(s("")), 0),
+        Err(code) => (-1, -1, Some(s("")), code.code()),
     }
 }
 
@@ -230,18 +246,19 @@ pub async fn offset_fetch(st: &State, req: OffsetFetchRequest, ctx: &Ctx) -> Off
             .map(|g| {
                 let asked =
                     g.topics.map(|ts| ts.into_iter().map(|t| (t.name.to_string(), t.partition_indexes)).collect());
-                let topics = fetch_group(st, &g.group_id, asked)
+                let topics = fetch_group(st, &g.group_id, asked, req.require_stable)
                     .into_iter()
                     .map(|(t, ps)| {
                         let partitions = ps
                             .into_iter()
                             .map(|(p, c)| {
-                                let (offset, epoch, meta) = committed_fields(&c, v);
+                                let (offset, epoch, meta, code) = committed_fields(&c, v);
                                 OffsetFetchResponsePartitions::default()
                                     .with_partition_index(p)
                                     .with_committed_offset(offset)
                                     .with_committed_leader_epoch(epoch)
                                     .with_metadata(meta)
+                                    .with_error_code(code)
                             })
                             .collect();
                         OffsetFetchResponseTopics::default().with_name(topic_name(&t)).with_partitions(partitions)
@@ -253,17 +270,18 @@ pub async fn offset_fetch(st: &State, req: OffsetFetchRequest, ctx: &Ctx) -> Off
         return OffsetFetchResponse::default().with_groups(groups);
     }
     let asked = req.topics.map(|ts| ts.into_iter().map(|t| (t.name.to_string(), t.partition_indexes)).collect());
-    let topics = fetch_group(st, &req.group_id, asked)
+    let topics = fetch_group(st, &req.group_id, asked, v >= 7 && req.require_stable)
         .into_iter()
         .map(|(t, ps)| {
             let partitions = ps
                 .into_iter()
                 .map(|(p, c)| {
-                    let (offset, epoch, meta) = committed_fields(&c, v);
+                    let (offset, epoch, meta, code) = committed_fields(&c, v);
                     let r = OffsetFetchResponsePartition::default()
                         .with_partition_index(p)
                         .with_committed_offset(offset)
-                        .with_metadata(meta);
+                        .with_metadata(meta)
+                        .with_error_code(code);
                     if v >= 5 {
                         r.with_committed_leader_epoch(epoch)
                     } else {

@@ -4,6 +4,7 @@
 pub mod groups;
 pub mod records;
 pub mod topics;
+pub mod txn;
 
 use kafka_protocol::messages::{BrokerId, TopicName};
 use kafka_protocol::protocol::StrBytes;

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use futures::future::select_all;
 use futures::FutureExt;
 use kafka_protocol::messages::delete_records_response::{DeleteRecordsPartitionResult, DeleteRecordsTopicResult};
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::fetch_response::{AbortedTransaction, FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse};
 use kafka_protocol::messages::offset_for_leader_epoch_response::{EpochEndOffset, OffsetForLeaderTopicResult};
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
@@ -24,6 +24,7 @@ use crate::State;
 /// Appends one partition's record set; the base offset or why not.
 fn produce_partition(
     st: &State,
+    txn_id: Option<&str>,
     topic: &str,
     index: i32,
     records: Option<Bytes>,
@@ -45,16 +46,27 @@ fn produce_partition(
     if let Some((h, _)) = batches.iter().find(|(h, _)| h.size() as i64 > max) {
         return Err((Code::MessageTooLarge, format!("batch of {} bytes exceeds max.message.bytes {max}", h.size())));
     }
-    if batches.iter().any(|(h, _)| h.is_transactional() || h.is_control()) {
-        return Err((Code::InvalidRequest, "transactional batches are not supported by this broker yet".into()));
+    if batches.iter().any(|(h, _)| h.is_control()) {
+        return Err((Code::InvalidRequest, "control batches are written by the transaction coordinator only".into()));
     }
-    let appended = p.append(&batches).map_err(|c| (c, String::new()))?;
+    let appended = match batches.iter().find(|(h, _)| h.is_transactional()) {
+        Some((h, _)) => {
+            if batches.iter().any(|(b, _)| !b.is_transactional() || b.producer_id != h.producer_id) {
+                return Err((Code::InvalidRequest, "a produce mixes transactional and other batches".into()));
+            }
+            crate::txn::verified_append(st, txn_id, h.producer_id, h.producer_epoch, (topic, index), || {
+                p.append(&batches)
+            })
+        }
+        None => p.append(&batches),
+    }
+    .map_err(|c| (c, String::new()))?;
     st.metrics.records_in.inc_by(batches.iter().map(|(h, _)| h.records_count as u64).sum());
     Ok((appended.base_offset, appended.log_start))
 }
 
 pub async fn produce(st: &State, req: ProduceRequest, ctx: &Ctx) -> ProduceResponse {
-    let txn = req.transactional_id.is_some();
+    let txn_id = req.transactional_id.as_ref().map(|t| t.to_string());
     let responses = req
         .topic_data
         .into_iter()
@@ -65,11 +77,7 @@ pub async fn produce(st: &State, req: ProduceRequest, ctx: &Ctx) -> ProduceRespo
                 .into_iter()
                 .map(|pd| {
                     let r = PartitionProduceResponse::default().with_index(pd.index);
-                    let outcome = if txn {
-                        Err((Code::TransactionalIdAuthorizationFailed, "transactions are not supported by this broker yet".into()))
-                    } else {
-                        produce_partition(st, &topic, pd.index, pd.records)
-                    };
+                    let outcome = produce_partition(st, txn_id.as_deref(), &topic, pd.index, pd.records);
                     match outcome {
                         Ok((base, log_start)) => {
                             let r = r.with_base_offset(base);
@@ -119,16 +127,13 @@ fn read_fetch(st: &State, req: &FetchRequest, version: i16) -> (FetchResponse, u
                     let Some(p) = st.topics.partition(&topic, fp.partition) else {
                         return pd.with_error_code(Code::UnknownTopicOrPartition.code()).with_high_watermark(-1);
                     };
-                    let (log_start, end) = p.bounds();
-                    pd = pd.with_high_watermark(end).with_last_stable_offset(end);
+                    let (log_start, stable, end) = p.offsets();
+                    pd = pd.with_high_watermark(end).with_last_stable_offset(stable);
                     if version >= 5 {
                         pd = pd.with_log_start_offset(log_start);
                     }
-                    if read_committed {
-                        pd = pd.with_aborted_transactions(Some(vec![]));
-                    }
                     let max = (fp.partition_max_bytes.max(0) as usize).min(budget);
-                    match p.read(fp.fetch_offset, max.max(1)) {
+                    match p.read(fp.fetch_offset, max.max(1), read_committed) {
                         Err(ReadError::OutOfRange { log_start, end }) => {
                             let pd = pd.with_error_code(Code::OffsetOutOfRange.code()).with_high_watermark(end);
                             if version >= 5 {
@@ -150,6 +155,18 @@ fn read_fetch(st: &State, req: &FetchRequest, version: i16) -> (FetchResponse, u
                                 Ok(b) => {
                                     total += b.len();
                                     budget = budget.saturating_sub(b.len());
+                                    if read_committed {
+                                        let aborted = p
+                                            .aborted_between(fp.fetch_offset, slice.last)
+                                            .into_iter()
+                                            .map(|a| {
+                                                AbortedTransaction::default()
+                                                    .with_producer_id(ProducerId(a.producer_id))
+                                                    .with_first_offset(a.first_offset)
+                                            })
+                                            .collect();
+                                        pd = pd.with_aborted_transactions(Some(aborted));
+                                    }
                                     pd.with_records(Some(b))
                                 }
                                 Err(e) => {
@@ -184,6 +201,7 @@ pub async fn fetch(st: &State, req: FetchRequest, ctx: &Ctx) -> FetchResponse {
 }
 
 pub async fn list_offsets(st: &State, req: ListOffsetsRequest, ctx: &Ctx) -> ListOffsetsResponse {
+    let read_committed = ctx.version >= 2 && req.isolation_level == 1;
     let topics = req
         .topics
         .into_iter()
@@ -197,10 +215,10 @@ pub async fn list_offsets(st: &State, req: ListOffsetsRequest, ctx: &Ctx) -> Lis
                     let Some(p) = st.topics.partition(&topic, lp.partition_index) else {
                         return r.with_error_code(Code::UnknownTopicOrPartition.code());
                     };
-                    let (log_start, end) = p.bounds();
+                    let (log_start, stable, end) = p.offsets();
                     let found = match lp.timestamp {
                         -2 => Ok(Some((log_start, -1))),
-                        -1 => Ok(Some((end, -1))),
+                        -1 => Ok(Some((if read_committed { stable } else { end }, -1))),
                         -3 => p.max_timestamp(),
                         ts => p.offset_for_time(ts),
                     };
@@ -265,12 +283,15 @@ pub async fn init_producer_id(st: &State, req: InitProducerIdRequest, ctx: &Ctx)
     if req.transactional_id.as_ref().is_some_and(|t| t.is_empty()) {
         return resp.with_error_code(Code::InvalidRequest.code());
     }
-    if req.transactional_id.is_some() {
-        tracing::warn!(
-            client = ctx.client_id,
-            "refused a transactional producer: transactions are not supported by this broker yet"
-        );
-        return resp.with_error_code(Code::TransactionalIdAuthorizationFailed.code());
+    if let Some(id) = &req.transactional_id {
+        let (pid, epoch) = if ctx.version >= 3 { (req.producer_id.0, req.producer_epoch) } else { (-1, -1) };
+        return match crate::txn::init_producer(st, id, req.transaction_timeout_ms, pid, epoch) {
+            Ok((pid, epoch)) => resp.with_producer_id(ProducerId(pid)).with_producer_epoch(epoch),
+            Err(c) => {
+                tracing::info!(transactional_id = %id.0, error = ?c, client = ctx.client_id, "InitProducerId refused");
+                resp.with_error_code(c.for_version(ctx.version, 4).code())
+            }
+        };
     }
     // KIP-360: a producer resending its id asks for an epoch bump.
     if req.producer_id.0 >= 0 && req.producer_epoch >= 0 && req.producer_epoch < i16::MAX - 1 {
