@@ -1147,7 +1147,8 @@ pub async fn run<W: Worker>(
         tokio::task::spawn_blocking(move || p.init_transactions(TXN_CALL_TIMEOUT)).await?.with_context(|| {
             format!(
                 "--guarantee exactly-once: initializing transactions (transactional.id {txn_id}) failed; \
-                 it needs a broker with Kafka transactions (the embedded broker has none: use effectively-once)"
+                 it needs a broker with Kafka transactions (Apache Kafka, or keyflow's broker); \
+                 --guarantee effectively-once works on any Kafka-API broker"
             )
         })?;
         tracing::info!(worker = name, transactional_id = %txn_id, "transactions initialized");

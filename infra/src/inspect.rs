@@ -14,7 +14,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use serde_json::{json, Value};
 
 use crate::kafka::partition_count;
-use keyflow_schemas::kafka::reader_config;
+use keyflow_schemas::kafka::{position, reader_config};
 
 /// One record as read from the topic.
 #[derive(Debug, Clone)]
@@ -144,6 +144,11 @@ pub fn stream_partition(
                     let _ = tx.blocking_send(Err(anyhow::anyhow!("reading {topic}[{partition}]: {e}")));
                     return;
                 }
+                // Past the end with no record at it: a transaction marker ends the range.
+                None if position(&consumer, &topic, partition).is_some_and(|o| o >= high) => {
+                    let _ = tx.blocking_send(Ok(std::mem::take(&mut batch)));
+                    return;
+                }
                 None if last_progress.elapsed() > Duration::from_secs(120) => {
                     let _ = tx.blocking_send(Err(anyhow::anyhow!(
                         "reading {topic}[{partition}] stalled for 120 s before offset {high}"
@@ -177,6 +182,7 @@ pub async fn read_raw(kafka: &KafkaArgs, topic: &str, limit: usize) -> anyhow::R
         return Ok(vec![]);
     }
     consumer.assign(&tpl)?;
+    let topic = topic.to_string();
     let mut out = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<RawRecord>> {
         let mut out = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -194,7 +200,8 @@ pub async fn read_raw(kafka: &KafkaArgs, topic: &str, limit: usize) -> anyhow::R
                     out.push(RawRecord::from_message(&m));
                 }
                 Some(Err(e)) => return Err(e.into()),
-                None => {}
+                // Past the end with no record at it: a transaction marker ends the range.
+                None => remaining.retain(|&p, &mut high| position(&consumer, &topic, p).is_none_or(|o| o < high)),
             }
         }
         Ok(out)

@@ -12,12 +12,12 @@ use std::time::{Duration, Instant};
 
 use keyflow_consumers::workers::WorkerKind;
 use keyflow_schemas::client::{KafkaArgs, RegistryArgs};
-use keyflow_schemas::kafka::client_config;
 use keyflow_schemas::kafka::Quiet;
+use keyflow_schemas::kafka::{client_config, position, reader_config};
 use keyflow_schemas::metrics as m;
 use keyflow_schemas::topics::TopicNames;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::process::{Child, Command};
 
 /// The four workers, in pipeline order.
@@ -291,8 +291,10 @@ impl Pipeline {
 }
 
 /// Where a consumer group stands on one input partition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupPosition {
+    pub topic: String,
+    pub partition: i32,
     pub low: i64,
     pub high: i64,
     /// The group's committed offset; `None` before its first commit.
@@ -300,9 +302,37 @@ pub struct GroupPosition {
 }
 
 impl GroupPosition {
-    /// Records the group has not committed past.
+    /// Offsets the group has not committed past (as Kafka's tools count
+    /// lag: on a transactional topic a trailing commit marker counts too).
     pub fn lag(&self) -> i64 {
         self.high - self.committed.unwrap_or(self.low).max(self.low)
+    }
+
+    /// Whether the group has consumed every record: committed at the end, or
+    /// only transaction markers and aborted records (which read_committed
+    /// consumers never get, so never commit past) lie between.
+    pub fn caught_up(&self, kafka: &KafkaArgs) -> anyhow::Result<bool> {
+        let from = self.committed.unwrap_or(self.low).max(self.low);
+        if from >= self.high {
+            return Ok(true);
+        }
+        let consumer: BaseConsumer<Quiet> =
+            reader_config(kafka, "keyflow-devstack-probe")?.create_with_context(Quiet)?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&self.topic, self.partition, Offset::Offset(from))?;
+        consumer.assign(&tpl)?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            match consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) if m.offset() < self.high => return Ok(false),
+                Some(Err(e)) => return Err(e.into()),
+                _ if position(&consumer, &self.topic, self.partition).is_some_and(|o| o >= self.high) => {
+                    return Ok(true)
+                }
+                _ => {}
+            }
+        }
+        Ok(false)
     }
 }
 
@@ -335,15 +365,19 @@ pub fn group_positions(kafka: &KafkaArgs, group: &str, topics: &[String]) -> any
                 Offset::Offset(o) => Some(o),
                 _ => None,
             };
-            Some(GroupPosition { low, high, committed })
+            Some(GroupPosition { topic: e.topic().to_string(), partition: e.partition(), low, high, committed })
         })
         .collect())
 }
 
 fn group_caught_up(kafka: &KafkaArgs, group: &str, topics: &[String]) -> anyhow::Result<bool> {
-    Ok(group_positions(kafka, group, topics)?
-        .iter()
-        .all(|g| g.high <= g.low || g.committed.is_some_and(|c| c >= g.high)))
+    for g in group_positions(kafka, group, topics)? {
+        // Before its first commit a group has consumed nothing of a non-empty partition.
+        if g.high > g.low && (g.committed.is_none() || !g.caught_up(kafka)?) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// `GET http://addr/path` → (status, body); `None` when nothing answers.

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use keyflow_schemas::client::{parse_duration, KafkaArgs};
-use keyflow_schemas::kafka::reader_config;
 use keyflow_schemas::kafka::Quiet;
+use keyflow_schemas::kafka::{position, reader_config};
 use keyflow_schemas::Codec;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Offset, TopicPartitionList};
@@ -223,6 +223,12 @@ pub async fn tail(
         let m = tokio::select! {
             _ = &mut stop => break,
             m = consumer.recv() => m.map_err(|e| anyhow::anyhow!("reading {topic}: {e}"))?,
+            // With `-e`, a partition whose position passed its end with no
+            // record at it (a transaction marker ends it) is done too.
+            _ = tokio::time::sleep(Duration::from_millis(200)), if args.exit_at_end => {
+                ends.retain(|&p, &mut end| position(&consumer, topic, p).is_none_or(|o| o < end));
+                continue;
+            }
         };
         let raw = RawRecord::from_message(&m);
         drop(m);

@@ -140,6 +140,18 @@ pub const PRODUCER_DEFAULTS: &[(&str, &str)] =
 /// fetch: infra/BROKER-NOTES.md.)
 pub const FETCH_WAIT_MS: &str = "50";
 
+/// Where a reader stands in `topic[p]`: the offset of the next record it
+/// would return. It moves past transaction markers too, which are never
+/// delivered: on a transactional topic the last offset before the end is
+/// usually a marker, so a reader knows it reached the end by its position,
+/// not by the last record's offset.
+pub fn position<C: ConsumerContext>(consumer: &impl Consumer<C>, topic: &str, p: i32) -> Option<i64> {
+    match consumer.position().ok()?.find_partition(topic, p)?.offset() {
+        rdkafka::Offset::Offset(o) => Some(o),
+        _ => None,
+    }
+}
+
 /// A client for reading partitions to their end (restores, the verifier,
 /// inspection): no offset commits, short fetch waits (see [`FETCH_WAIT_MS`]), a bounded
 /// prefetch queue, and an error instead of a silent jump when the broker

@@ -78,6 +78,20 @@ fn log_tails(pipeline: &Pipeline) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_of_random_workers_under_load_leaves_every_invariant_holding() {
+    chaos(&[]).await;
+}
+
+/// The same chaos with every worker in exactly-once mode: the verifier reads
+/// read_committed (librdkafka's default), so not one raw copy may show.
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_of_random_exactly_once_workers_under_load_leaves_no_copy_and_every_invariant_holding() {
+    let report = chaos(&["--guarantee", "exactly-once"]).await;
+    assert_eq!(report.raw_copies_total, 0, "read_committed readers see no copy:\n{}", report.text());
+}
+
+/// kill -9 of random instances, two of each worker (with `extra` flags),
+/// while the producers run; then the verifier's report, every invariant held.
+async fn chaos(extra: &[&str]) -> Report {
     let dir = tempfile::tempdir().unwrap();
     let stack = start(&options(dir.path(), 3)).await;
     let (brokers, registry) = (stack.kafka.brokers.clone(), stack.registry.registry.clone());
@@ -88,7 +102,7 @@ async fn kill_9_of_random_workers_under_load_leaves_every_invariant_holding() {
         &stack.kafka,
         &stack.registry,
         &dir.path().join("logs"),
-        &["--snapshot-interval-bytes", "500000"],
+        &[&["--snapshot-interval-bytes", "500000"], extra].concat(),
     );
     pipeline.start(&WORKERS, 2).unwrap();
     pipeline.wait_ready(Duration::from_secs(120)).await.unwrap();
@@ -133,6 +147,7 @@ async fn kill_9_of_random_workers_under_load_leaves_every_invariant_holding() {
     let logs: String = pipeline.workers.iter().map(|w| std::fs::read_to_string(&w.log).unwrap_or_default()).collect();
     assert!(logs.contains("state snapshot written"), "snapshots were written and restored from");
     stack.down().await;
+    report
 }
 
 #[tokio::test(flavor = "multi_thread")]

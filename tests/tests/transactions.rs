@@ -1,26 +1,29 @@
-//! `--guarantee exactly-once`: each batch's outputs, changelog records and
-//! input offsets in one Kafka transaction. The embedded broker has no
-//! transactions, so the protocol flow runs against librdkafka's mock cluster,
-//! which accepts transactions but does not apply them (read_committed readers
-//! still see aborted records, transactional offsets are not stored:
-//! infra/BROKER-NOTES.md). What these tests pin is the worker's side: it commits
-//! every batch in a transaction, resumes from its changelog (not from group
-//! offsets), survives aborted transactions by rolling their tasks back, and
-//! stops with a clear error when it is fenced. A broker without transactions
-//! (the embedded broker, until it has them) is refused at start-up with one line.
+//! `--guarantee exactly-once` on keyflow's broker, which applies Kafka
+//! transactions as Kafka does (commit and abort markers, read_committed
+//! fetches stopping at the last stable offset, transactional offsets,
+//! epoch fencing). Each batch's outputs, changelog records and input offsets
+//! are one transaction; these tests pin what readers of the outputs see
+//! (they read read_committed, librdkafka's default):
+//! - committed batches and the group's transactional offsets, across a restart;
+//! - no copy after kill -9 in the middle of a transaction, though the killed
+//!   transaction's records stay in the log (read_uncommitted shows them);
+//! - nothing of a fenced zombie's open transaction, and the zombie stops;
+//! - after an aborted transaction, exactly the last committed state.
+//!
+//! librdkafka's mock cluster fakes transactions (aborted records stay
+//! visible, offsets are not stored): it is used for fault injection only
+//! (broker_faults.rs).
 
 use std::time::{Duration, Instant};
 
-use keyflow_e2e::counter::{
-    expected, kill_all, log_tail, produce_orders, spawn_worker_with, stack_with_orders, MockStack, Tail,
-};
+use keyflow_e2e::counter::{expected, kill_all, log_tail, spawn_worker_with, stack_with_orders, Tail};
 use keyflow_e2e::counter::{outputs, verify_outputs};
 use keyflow_e2e::{free_port, metric, wait_ready};
+use keyflow_infra::inspect::read_raw;
+use keyflow_infra::stack::Stack;
 use keyflow_schemas::client::KafkaArgs;
 use keyflow_schemas::metrics::WORKER_TRANSACTIONS;
-use keyflow_schemas::{Codec, RegistryConfig};
-use rdkafka::types::RDKafkaApiKey as Api;
-use rdkafka::types::RDKafkaRespErr::*;
+use keyflow_schemas::Codec;
 
 const PARTITIONS: i32 = 3;
 
@@ -41,6 +44,10 @@ async fn metrics_page(addr: &str) -> String {
     reqwest::get(format!("http://{addr}/metrics")).await.unwrap().text().await.unwrap()
 }
 
+fn signal(w: &std::process::Child, sig: &str) {
+    assert!(std::process::Command::new("kill").args([sig, &w.id().to_string()]).status().unwrap().success());
+}
+
 /// Waits until `tail` has seen `want` distinct outputs, failing early when
 /// the worker exits.
 async fn wait_outputs(tail: &mut Tail, codec: &Codec, want: usize, w: &mut std::process::Child, log: &std::path::Path) {
@@ -57,12 +64,11 @@ async fn wait_outputs(tail: &mut Tail, codec: &Codec, want: usize, w: &mut std::
     }
 }
 
-/// A mock cluster with `count` orders (seed `seed`) and what the counter
-/// must make of them, a registry client, and a worker log and metrics address.
+/// An embedded stack with `count` orders and what the counter must make of
+/// them, a registry client, and a worker log and metrics address.
 struct Run {
-    /// Kept until the run ends (the registry's files).
     _dir: tempfile::TempDir,
-    stack: MockStack,
+    stack: Stack,
     want: std::collections::BTreeMap<String, Vec<String>>,
     want_total: usize,
     codec: Codec,
@@ -71,157 +77,210 @@ struct Run {
 }
 
 impl Run {
-    async fn start(count: u64, seed: u64) -> Self {
+    async fn start(count: u64) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let stack = MockStack::start(dir.path(), PARTITIONS).await;
-        produce_orders(&stack.brokers, &stack.registry, count, seed).await;
-        let (want, _) = expected(count, seed);
+        let stack = stack_with_orders(dir.path(), PARTITIONS, count).await;
+        let (want, _) = expected(count, 3);
         let want_total = want.values().map(Vec::len).sum();
-        let codec = Codec::new(&RegistryConfig::new(&stack.registry)).unwrap();
+        let codec = Codec::new(&stack.registry.config().unwrap()).unwrap();
         let log = dir.path().join("worker.log");
         let addr = format!("127.0.0.1:{}", free_port());
         Run { _dir: dir, stack, want, want_total, codec, log, addr }
     }
 
-    /// A dynamic `worker counter` member with `extra` flags.
-    fn spawn(&self, extra: &[&str]) -> std::process::Child {
-        spawn_worker_with(&self.stack.brokers, &self.stack.registry, "", &self.log, extra)
+    /// A `worker counter` (static member `instance`, or dynamic when empty).
+    fn spawn(&self, instance: &str, extra: &[&str]) -> std::process::Child {
+        spawn_worker_with(&self.stack.kafka.brokers, &self.stack.registry.registry, instance, &self.log, extra)
     }
 
-    fn kafka(&self) -> KafkaArgs {
-        KafkaArgs::new(self.stack.brokers.clone())
+    fn tail(&self) -> Tail {
+        Tail::new(&self.stack.kafka.brokers, "loyalty", PARTITIONS)
     }
-}
 
-#[tokio::test(flavor = "multi_thread")]
-async fn exactly_once_commits_every_batch_in_a_transaction_and_a_restart_resumes_from_the_changelog() {
-    let r = Run::start(4_000, 3).await;
-    let Run { stack, want, want_total, codec, log, addr, .. } = &r;
-    let want_total = *want_total;
-    // 10 ms per record keeps the run going until the stop comes.
-    let slow = [&exactly_once(addr)[..], &["--delay", "10ms"]].concat();
-    let mut w = r.spawn(&slow);
-    let mut tail = Tail::new(&stack.brokers, "loyalty", PARTITIONS);
-    wait_ready(addr, log).await;
-    wait_outputs(&mut tail, codec, want_total / 3, &mut w, log).await;
-    let (committed, aborted) = transactions(&metrics_page(addr).await);
-    assert!(committed > 0.0, "batches were committed in transactions");
-    assert_eq!(aborted, 0.0, "no transaction failed:\n{}", log_tail(log));
-
-    // A graceful stop mid-run (a dynamic member leaves the group at once),
-    // then a new instance: it resumes from the changelog checkpoint (the mock
-    // keeps no transactional offsets).
-    assert!(std::process::Command::new("kill").args(["-TERM", &w.id().to_string()]).status().unwrap().success());
-    let status = w.wait().unwrap();
-    assert!(status.success(), "exit status {status}:\n{}", log_tail(log));
-    let (before, _) = outputs(&r.kafka(), codec).await;
-    assert!(before.len() < want_total, "stopped mid-run ({} of {want_total})", before.len());
-    let mut w = r.spawn(&exactly_once(addr));
-    wait_outputs(&mut tail, codec, want_total, &mut w, log).await;
-    let page = metrics_page(addr).await;
-    kill_all([&mut w]);
-    assert!(transactions(&page).0 > 0.0);
-    let logs = std::fs::read_to_string(log).unwrap();
-    assert_eq!(logs.matches("transactions initialized").count(), 2, "both runs were transactional");
-    let copies = verify_outputs(&r.kafka(), codec, want).await;
-    assert_eq!(copies, 0, "a graceful stop and restart reprocess nothing");
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn an_aborted_transaction_is_rolled_back_and_its_batch_decided_again() {
-    let r = Run::start(4_000, 5).await;
-    let Run { stack, want, want_total, codec, log, addr, .. } = &r;
-    let want_total = *want_total;
-    let extra = [&exactly_once(addr)[..], &["--delay", "5ms", "--max-batch", "100"]].concat();
-    let mut w = spawn_worker_with(&stack.brokers, &stack.registry, "a", log, &extra);
-    let mut tail = Tail::new(&stack.brokers, "loyalty", PARTITIONS);
-    wait_ready(addr, log).await;
-    // Abortable commit failures, one after another while outputs flow. Only
-    // the commit (EndTxn) is failed: it comes after every record of the
-    // transaction is acknowledged. A failure earlier in a transaction
-    // (AddOffsetsToTxn, a produce) would leave part of it in the mock's log,
-    // visible to every reader — on real Kafka the abort hides all of it.
-    let faults = [
-        (Api::EndTxn, RD_KAFKA_RESP_ERR_UNKNOWN_PRODUCER_ID),
-        (Api::EndTxn, RD_KAFKA_RESP_ERR_GROUP_AUTHORIZATION_FAILED),
-        (Api::EndTxn, RD_KAFKA_RESP_ERR_INVALID_PRODUCER_ID_MAPPING),
-    ];
-    for (i, (api, err)) in faults.iter().enumerate() {
-        wait_outputs(&mut tail, codec, want_total * (i + 1) / 5, &mut w, log).await;
-        stack.cluster.request_errors(*api, &[*err]);
+    /// A reader that also sees open and aborted transactions' records.
+    fn uncommitted(&self) -> KafkaArgs {
+        let mut k = self.stack.kafka.clone();
+        k.props.push(("isolation.level".into(), "read_uncommitted".into()));
+        k
     }
-    wait_outputs(&mut tail, codec, want_total, &mut w, log).await;
-    let page = metrics_page(addr).await;
-    let (committed, aborted) = transactions(&page);
-    kill_all([&mut w]);
-    assert!(aborted >= faults.len() as f64, "each fault aborted a transaction ({aborted}):\n{}", log_tail(log));
-    assert!(committed > aborted);
-    // The first assignment restored empty tasks: whatever restores read came
-    // from the rollbacks, which rebuild their tasks from the changelog.
-    assert!(metric(&page, keyflow_schemas::metrics::WORKER_RESTORE_RECORDS) > 0.0, "rolled back from the changelog");
-    let logs = std::fs::read_to_string(log).unwrap();
-    assert!(logs.contains("rolled back to the last committed batch"), "{}", log_tail(log));
-    // Per-key order, exact balances, one distinct output per input. (The mock
-    // keeps an aborted transaction's records visible, so copies may show.)
-    let copies = verify_outputs(&r.kafka(), codec, want).await;
-    eprintln!("aborts: {aborted} aborted, {committed} committed, {copies} raw copies");
-}
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_fenced_instance_stops_with_a_clear_error_and_its_successor_loses_nothing() {
-    let r = Run::start(3_000, 7).await;
-    let Run { stack, want, want_total, codec, log, addr, .. } = &r;
-    let want_total = *want_total;
-    let mut w = r.spawn(&exactly_once(addr));
-    let mut tail = Tail::new(&stack.brokers, "loyalty", PARTITIONS);
-    wait_outputs(&mut tail, codec, want_total / 4, &mut w, log).await;
-    // What a broker answers a producer whose transactional.id a newer
-    // instance has taken over.
-    stack.cluster.request_errors(Api::EndTxn, &[RD_KAFKA_RESP_ERR_PRODUCER_FENCED]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(s) = w.try_wait().unwrap() {
-            break s;
+    /// Records of `topic` that read_uncommitted readers see beyond the
+    /// read_committed ones: records of open or aborted transactions.
+    async fn hidden(&self, topic: &str) -> usize {
+        let all = read_raw(&self.uncommitted(), topic, usize::MAX).await.unwrap().len();
+        let committed = read_raw(&self.stack.kafka, topic, usize::MAX).await.unwrap().len();
+        all.saturating_sub(committed)
+    }
+
+    /// Freezes `w` (SIGSTOP) at a moment its transaction is open with
+    /// records in `loyalty`, resuming and retrying briefly otherwise.
+    async fn freeze_mid_transaction(&self, w: &mut std::process::Child) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut pause = 5;
+        loop {
+            signal(w, "-STOP");
+            // Requests it sent before the stop (a commit) land first.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if self.hidden("loyalty").await > 0 {
+                return;
+            }
+            signal(w, "-CONT");
+            assert!(w.try_wait().unwrap().is_none(), "the worker exited:\n{}", log_tail(&self.log));
+            assert!(Instant::now() < deadline, "never caught a transaction open:\n{}", log_tail(&self.log));
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+            pause = pause * 7 % 97 + 3;
         }
-        assert!(Instant::now() < deadline, "a fenced worker kept running:\n{}", log_tail(log));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    assert!(!status.success(), "a fenced worker exits non-zero");
-    let logs = std::fs::read_to_string(log).unwrap();
-    let error = logs.lines().rfind(|l| l.starts_with("worker: error:")).unwrap_or_default();
-    assert!(error.contains("fenced"), "one clear line says why: {error:?}\n{}", log_tail(log));
+    }
 
-    let mut w = r.spawn(&exactly_once(addr));
-    wait_outputs(&mut tail, codec, want_total, &mut w, log).await;
-    kill_all([&mut w]);
-    verify_outputs(&r.kafka(), codec, want).await;
+    async fn down(self) {
+        self.stack.down().await;
+    }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn exactly_once_on_a_broker_without_transactions_is_refused_with_one_clear_line() {
-    let dir = tempfile::tempdir().unwrap();
-    let stack = stack_with_orders(dir.path(), 1, 100).await;
-    let log = dir.path().join("worker.log");
-    let mut w =
-        spawn_worker_with(&stack.kafka.brokers, &stack.registry.registry, "a", &log, &["--guarantee", "exactly-once"]);
+/// Waits for a worker to exit; its status and last error line.
+async fn exit_of(w: &mut std::process::Child, log: &std::path::Path) -> (std::process::ExitStatus, String) {
     let deadline = Instant::now() + Duration::from_secs(90);
     let status = loop {
         if let Some(s) = w.try_wait().unwrap() {
             break s;
         }
-        if Instant::now() > deadline {
-            kill_all([&mut w]);
-            panic!("the worker neither refused nor stopped:\n{}", log_tail(&log));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(Instant::now() < deadline, "the worker kept running:\n{}", log_tail(log));
+        tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert!(!status.success());
-    let logs = std::fs::read_to_string(&log).unwrap();
-    let error = logs.lines().rfind(|l| l.starts_with("worker: error:")).unwrap_or_default();
-    assert!(
-        error.contains("--guarantee exactly-once") && error.contains("Kafka transactions"),
-        "names the setting and the missing feature: {error:?}\n{}",
-        log_tail(&log)
-    );
-    stack.down().await;
+    let logs = std::fs::read_to_string(log).unwrap();
+    (status, logs.lines().rfind(|l| l.starts_with("worker: error:")).unwrap_or_default().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exactly_once_commits_batches_and_group_offsets_in_transactions_and_a_restart_resumes_without_copies() {
+    let r = Run::start(4_000).await;
+    let want_total = r.want_total;
+    // 10 ms per record keeps the run going until the stop comes.
+    let slow = [&exactly_once(&r.addr)[..], &["--delay", "10ms"]].concat();
+    let mut w = r.spawn("", &slow);
+    let mut tail = r.tail();
+    wait_ready(&r.addr, &r.log).await;
+    wait_outputs(&mut tail, &r.codec, want_total / 3, &mut w, &r.log).await;
+    let (committed, aborted) = transactions(&metrics_page(&r.addr).await);
+    assert!(committed > 0.0, "batches were committed in transactions");
+    assert_eq!(aborted, 0.0, "no transaction failed:\n{}", log_tail(&r.log));
+
+    // A graceful stop mid-run, then a new instance.
+    signal(&w, "-TERM");
+    let status = w.wait().unwrap();
+    assert!(status.success(), "exit status {status}:\n{}", log_tail(&r.log));
+    let (before, copies) = outputs(&r.stack.kafka, &r.codec).await;
+    assert!(before.len() < want_total, "stopped mid-run ({} of {want_total})", before.len());
+    assert_eq!(copies, 0);
+    // The input offsets went through TxnOffsetCommit and are the group's now.
+    let group = keyflow_infra::pipeline::group_positions(&r.stack.kafka, "counter", &["orders".into()]).unwrap();
+    let consumed: i64 = group.iter().map(|g| g.committed.unwrap_or(0) - g.low).sum();
+    assert!(consumed > 0, "the transactions committed the group's offsets: {group:?}");
+
+    let mut w = r.spawn("", &exactly_once(&r.addr));
+    wait_outputs(&mut tail, &r.codec, want_total, &mut w, &r.log).await;
+    kill_all([&mut w]);
+    let logs = std::fs::read_to_string(&r.log).unwrap();
+    assert_eq!(logs.matches("transactions initialized").count(), 2, "both runs were transactional");
+    let copies = verify_outputs(&r.stack.kafka, &r.codec, &r.want).await;
+    assert_eq!(copies, 0, "a graceful stop and restart show read_committed readers no copy");
+    r.down().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kill_9_in_the_middle_of_a_transaction_leaves_no_copy_visible_to_read_committed_readers() {
+    let r = Run::start(3_000).await;
+    let want_total = r.want_total;
+    let flags = [&exactly_once(&r.addr)[..], &["--delay", "1ms", "--max-batch", "100"]].concat();
+    let mut tail = r.tail();
+    // A static member: its successor has its transactional.id and aborts the
+    // killed instance's open transaction at once.
+    let mut w = r.spawn("a", &flags);
+    for kill in 1..=3 {
+        wait_outputs(&mut tail, &r.codec, want_total * kill / 5, &mut w, &r.log).await;
+        r.freeze_mid_transaction(&mut w).await;
+        kill_all([&mut w]);
+        w = r.spawn("a", &flags);
+    }
+    wait_outputs(&mut tail, &r.codec, want_total, &mut w, &r.log).await;
+    kill_all([&mut w]);
+    let copies = verify_outputs(&r.stack.kafka, &r.codec, &r.want).await;
+    assert_eq!(copies, 0, "read_committed readers see each output once");
+    let hidden = r.hidden("loyalty").await;
+    assert!(hidden > 0, "the killed transactions' records are in the log, aborted");
+    eprintln!("3 kills mid-transaction: {hidden} aborted output records hidden from read_committed readers");
+    r.down().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fenced_zombie_stops_and_none_of_its_open_transaction_becomes_visible() {
+    let r = Run::start(3_000).await;
+    let want_total = r.want_total;
+    let flags = [&exactly_once(&r.addr)[..], &["--delay", "1ms", "--max-batch", "100"]].concat();
+    let mut tail = r.tail();
+    let mut zombie = r.spawn("a", &flags);
+    wait_outputs(&mut tail, &r.codec, want_total / 4, &mut zombie, &r.log).await;
+    // Frozen with records written in an open transaction, it is replaced by
+    // an instance with its transactional.id and group.instance.id.
+    r.freeze_mid_transaction(&mut zombie).await;
+    let frozen_hidden = r.hidden("loyalty").await;
+    let other = format!("127.0.0.1:{}", free_port());
+    let successor_flags = [&exactly_once(&other)[..], &["--delay", "1ms", "--max-batch", "100"]].concat();
+    let mut successor = r.spawn("a", &successor_flags);
+    wait_outputs(&mut tail, &r.codec, want_total / 2, &mut successor, &r.log).await;
+    // Woken, the zombie's transaction is already aborted and its epoch fenced.
+    signal(&zombie, "-CONT");
+    let (status, error) = exit_of(&mut zombie, &r.log).await;
+    assert!(!status.success(), "a fenced zombie exits non-zero");
+    assert!(error.contains("fenced"), "one line says why: {error:?}\n{}", log_tail(&r.log));
+    wait_outputs(&mut tail, &r.codec, want_total, &mut successor, &r.log).await;
+    kill_all([&mut successor]);
+    let copies = verify_outputs(&r.stack.kafka, &r.codec, &r.want).await;
+    assert_eq!(copies, 0, "nothing of the zombie's transaction is visible");
+    let hidden = r.hidden("loyalty").await;
+    assert!(hidden >= frozen_hidden, "its {frozen_hidden} records stay in the log, aborted ({hidden} hidden)");
+    r.down().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_aborted_transaction_rolls_back_to_exactly_the_last_committed_state() {
+    let r = Run::start(4_000).await;
+    let want_total = r.want_total;
+    let flags = [&exactly_once(&r.addr)[..], &["--delay", "2ms", "--max-batch", "100"]].concat();
+    let mut w = r.spawn("a", &flags);
+    let mut tail = r.tail();
+    wait_ready(&r.addr, &r.log).await;
+    wait_outputs(&mut tail, &r.codec, want_total / 3, &mut w, &r.log).await;
+    // For a moment `loyalty` refuses every batch (max.message.bytes below a
+    // record): the transactions holding them fail and are aborted, their
+    // changelog records and inputs with them, and their tasks roll back.
+    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", &r.stack.kafka.brokers).create().unwrap();
+    let set = |v: &'static str| {
+        rdkafka::admin::AlterConfig::new(rdkafka::admin::ResourceSpecifier::Topic("loyalty"))
+            .set("max.message.bytes", v)
+    };
+    let opts = rdkafka::admin::AdminOptions::new();
+    assert!(admin.alter_configs(&[set("64")], &opts).await.unwrap().iter().all(|r| r.is_ok()));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while transactions(&metrics_page(&r.addr).await).1 < 1.0 {
+        assert!(Instant::now() < deadline, "no transaction was aborted:\n{}", log_tail(&r.log));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(admin.alter_configs(&[set("1048588")], &opts).await.unwrap().iter().all(|r| r.is_ok()));
+    wait_outputs(&mut tail, &r.codec, want_total, &mut w, &r.log).await;
+    let page = metrics_page(&r.addr).await;
+    kill_all([&mut w]);
+    let (committed, aborted) = transactions(&page);
+    assert!(aborted >= 1.0 && committed > aborted, "{committed} committed, {aborted} aborted");
+    assert!(metric(&page, keyflow_schemas::metrics::WORKER_RESTORE_RECORDS) > 0.0, "rolled back from the changelog");
+    let logs = std::fs::read_to_string(&r.log).unwrap();
+    assert!(logs.contains("rolled back to the last committed batch"), "{}", log_tail(&r.log));
+    // Per-key order and exact balances, one record per output: the redone
+    // batches continued from the committed state, not the aborted one.
+    let copies = verify_outputs(&r.stack.kafka, &r.codec, &r.want).await;
+    assert_eq!(copies, 0, "read_committed readers see no copy");
+    let hidden = r.hidden("counter-state").await;
+    assert!(hidden > 0, "the aborted transactions' changelog records are in the log, aborted");
+    r.down().await;
 }

@@ -187,11 +187,7 @@ impl<'a> ChangelogReader<'a> {
     /// The consumer's position in the partition (past every record and
     /// transaction marker it has passed).
     fn read_position(&self) -> Option<i64> {
-        let tpl = self.consumer.position().ok()?;
-        match tpl.find_partition(self.topic, self.p)?.offset() {
-            Offset::Offset(o) => Some(o),
-            _ => None,
-        }
+        keyflow_schemas::kafka::position(&self.consumer, self.topic, self.p)
     }
 
     /// The read's error, if it ended on one.
