@@ -32,6 +32,7 @@ pub struct WorkerMetrics {
     pub processing_seconds: Histogram,
     pub pending: IntGauge,
     pub snapshots: IntCounter,
+    pub trims: IntCounterVec,
     pub transactions: IntCounterVec,
 }
 
@@ -100,6 +101,11 @@ impl WorkerMetrics {
             processing_seconds: histogram(n::WORKER_PROCESSING_SECONDS, "Time to decide one input."),
             pending: gauge(n::WORKER_PENDING, "Inputs waiting for another input."),
             snapshots: counter(n::WORKER_SNAPSHOTS, "State snapshots written to the changelog."),
+            trims: counter_vec(
+                n::WORKER_CHANGELOG_TRIMS,
+                "Changelog trims below the latest snapshot, by result.",
+                &["result"],
+            ),
             transactions: counter_vec(n::WORKER_TRANSACTIONS, "Kafka transactions ended, by result.", &["result"]),
             registry,
         };
@@ -155,6 +161,7 @@ mod tests {
             n::WORKER_PROCESSING_SECONDS,
             n::WORKER_PENDING,
             n::WORKER_SNAPSHOTS,
+            n::WORKER_CHANGELOG_TRIMS,
             n::WORKER_TRANSACTIONS,
         ] {
             assert!(names.iter().any(|n| n == want), "{want} missing");

@@ -40,6 +40,7 @@ use keyflow_schemas::headers;
 use keyflow_schemas::kafka::{client_config, Quiet, PRODUCER_DEFAULTS};
 use keyflow_schemas::topics::{dlq_topic, state_topic, TopicNames};
 use keyflow_schemas::{Codec, CodecError};
+use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, RebalanceProtocol, StreamConsumer,
 };
@@ -124,6 +125,10 @@ pub struct RuntimeConfig {
     /// bytes since its last snapshot (or as many as that snapshot's size,
     /// whichever is larger), so a restore reads at most about twice the state.
     pub snapshot_interval_bytes: u64,
+    /// Delete the changelog below a task's latest snapshot once it is written
+    /// (committed, in exactly-once), so the changelog stays about the size of
+    /// the state instead of its whole history.
+    pub trim_changelog: bool,
     pub guarantee: Guarantee,
     /// Write a batch's partition tasks one after the other, not together
     /// (A/B measurements).
@@ -184,6 +189,9 @@ struct Task<S> {
     /// Changelog bytes written since that snapshot, and the snapshot's size.
     since_snapshot: u64,
     snapshot_bytes: u64,
+    /// A snapshot written in the open transaction: the changelog below it is
+    /// deleted once the transaction commits (exactly-once).
+    trim_after_commit: Option<i64>,
     /// Sum of the worker's pending work over the keys.
     pending: i64,
     /// The last batch, recorded and handed to the producer, whose outputs
@@ -271,6 +279,7 @@ impl<S> Task<S> {
             ownership: Ownership::default(),
             since_snapshot: 0,
             snapshot_bytes: 0,
+            trim_after_commit: None,
             pending: 0,
             unacked: None,
         }
@@ -558,6 +567,8 @@ struct Runtime<W: Worker> {
     codec: Arc<Codec>,
     metrics: WorkerMetrics,
     producer: FutureProducer<Quiet>,
+    /// Deletes changelog records below a snapshot.
+    admin: AdminClient<Quiet>,
     runner: KeyedRunner,
     tasks: Tasks<W::State>,
     state_topic: String,
@@ -885,6 +896,11 @@ impl<W: Worker> Runtime<W> {
         match committed {
             Ok(()) => {
                 self.metrics.transactions.with_label_values(&[metrics::TXN_COMMITTED]).inc();
+                let below: Vec<(i32, i64)> = lock(&self.tasks)
+                    .iter_mut()
+                    .filter_map(|(p, t)| t.trim_after_commit.take().map(|at| (*p, at)))
+                    .collect();
+                self.trim(&below).await;
                 Ok(None)
             }
             Err(KafkaError::Transaction(e)) if e.txn_requires_abort() => {
@@ -1090,16 +1106,65 @@ impl<W: Worker> Runtime<W> {
             }
         }
         let marker = Outgoing::published(topic, p, batch, Stamp { snapshot: Some(at), ..old })?;
-        send_all(&self.producer, std::slice::from_ref(&marker)).await?;
+        let marked = send_all(&self.producer, std::slice::from_ref(&marker)).await?;
+        let exactly_once = self.cfg.guarantee == Guarantee::ExactlyOnce;
         if let Some(t) = lock(&self.tasks).get_mut(&p) {
             t.snapshot = Some(at);
             t.snapshot_bytes = bytes;
             t.since_snapshot = 0;
-            t.ownership.written += 1;
+            if exactly_once {
+                t.ownership.written += 1;
+                t.trim_after_commit = self.cfg.trim_changelog.then_some(at);
+            }
         }
         self.metrics.snapshots.inc();
         tracing::info!(worker = self.worker.name(), partition = p, batch, offset = at, parts, keys = states.len(), bytes, took = ?started.elapsed(), "state snapshot written");
+        if !exactly_once {
+            // Every later claim's base is this snapshot or a newer one once no
+            // claim came before the marker: the history below it is not needed.
+            let marker_at = marked.first().copied().unwrap_or(at);
+            match self.still_owner(p, 1, marker_at).await {
+                Ok(None) if self.cfg.trim_changelog => self.trim(&[(p, at)]).await,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(partition = p, error = %format!("{e:#}"), "could not check the partition's owner; the changelog is not trimmed")
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// Deletes each changelog partition's records below the offset given
+    /// (the start of its latest snapshot). A failure only leaves the history
+    /// in place: it is logged and counted, and the next snapshot tries again.
+    async fn trim(&self, below: &[(i32, i64)]) {
+        if below.is_empty() {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for &(p, offset) in below {
+            if let Err(e) = tpl.add_partition_offset(&self.state_topic, p, Offset::Offset(offset)) {
+                tracing::warn!(partition = p, error = %e, "cannot trim the changelog");
+                return;
+            }
+        }
+        let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(30)));
+        let failed: Vec<String> = match self.admin.delete_records(&tpl, &opts).await {
+            Ok(done) => done
+                .elements()
+                .iter()
+                .filter_map(|e| e.error().err().map(|err| format!("partition {}: {err}", e.partition())))
+                .collect(),
+            Err(e) => vec![e.to_string()],
+        };
+        let ok = below.len().saturating_sub(failed.len());
+        self.metrics.trims.with_label_values(&["ok"]).inc_by(ok as u64);
+        if failed.is_empty() {
+            tracing::debug!(topic = self.state_topic, ?below, "changelog trimmed below the latest snapshot");
+        } else {
+            self.metrics.trims.with_label_values(&["failed"]).inc_by(failed.len() as u64);
+            tracing::warn!(topic = self.state_topic, errors = ?failed, "could not trim the changelog (DeleteRecords); its history stays until the next snapshot");
+        }
     }
 }
 
@@ -1166,8 +1231,10 @@ pub async fn run<W: Worker>(
     let consumer: StreamConsumer<Ctx<W>> = client_config(&cfg.kafka, &settings)?.create_with_context(ctx)?;
     let inputs: Vec<String> = cfg.inputs.iter().map(|t| cfg.names.get(t)).collect();
     consumer.subscribe(&inputs.iter().map(String::as_str).collect::<Vec<_>>())?;
+    let admin: AdminClient<Quiet> = client_config(&cfg.kafka, &[])?.create_with_context(Quiet)?;
     let rt = Runtime {
         producer,
+        admin,
         runner: KeyedRunner::new(cfg.max_in_flight),
         state_topic,
         transactional_id: txn_id,

@@ -60,6 +60,9 @@ pub const WORKER_PROCESSING_SECONDS: &str = "keyflow_worker_processing_seconds";
 pub const WORKER_PENDING: &str = "keyflow_worker_pending";
 /// Worker: state snapshots written to the changelog.
 pub const WORKER_SNAPSHOTS: &str = "keyflow_worker_snapshots_total";
+/// Worker: changelog trims (DeleteRecords below the latest snapshot), by
+/// result (`ok`, `failed`).
+pub const WORKER_CHANGELOG_TRIMS: &str = "keyflow_worker_changelog_trims_total";
 /// Worker: Kafka transactions ended, by result (`committed`, `aborted`);
 /// only `--guarantee exactly-once` runs them, the series exist (at zero) in
 /// every mode.

@@ -87,6 +87,9 @@ pub struct Internal {
     pub dlq_partitions: i32,
     pub dlq_retention_ms: i64,
     pub state_retention_ms: i64,
+    /// `segment.bytes` of the changelogs: a trimmed changelog frees whole
+    /// segments below its latest snapshot, so smaller segments free sooner.
+    pub state_segment_bytes: i64,
 }
 
 /// Per-run topic renames (`--topic orders=orders-v2`); every topic name a
@@ -147,11 +150,13 @@ impl Catalog {
             }
         }
         for (worker, w) in &self.workers {
+            let mut state_config = base(self.internal.state_retention_ms);
+            state_config.insert("segment.bytes".into(), self.internal.state_segment_bytes.to_string());
             out.push(TopicSpec {
                 name: state_topic(worker),
                 partitions: parts,
                 replication_factor: self.defaults.replication_factor,
-                config: base(self.internal.state_retention_ms),
+                config: state_config,
                 family: Some(w.family.clone()),
                 events: vec![],
             });

@@ -7,11 +7,12 @@
 //! restore are left out.
 //!
 //! Second: effectively-once ÷ plain at-least-once (no changelog) throughput
-//! of the same worker with no simulated I/O, in interleaved rounds.
+//! of the same worker with no simulated I/O, in interleaved rounds. Third:
+//! exactly-once (Kafka transactions) ÷ effectively-once, the same way.
 //!
 //! Run: `cargo build --release --bins && cargo bench -p keyflow-e2e --bench runtime_throughput`
 //! (`BENCH_RECORDS`, `BENCH_IN_FLIGHT`, `BENCH_ROUNDS` change the sizes;
-//! `BENCH_ONLY=key-parallel|guarantee` runs one). Writes its sections of
+//! `BENCH_ONLY=key-parallel|guarantee|exactly-once` runs one). Writes its sections of
 //! BENCHMARKS.md.
 
 use std::time::{Duration, Instant};
@@ -101,19 +102,8 @@ async fn main() {
         println!("{body}");
     }
     if only.is_empty() || only == "guarantee" {
-        // Same worker, no simulated I/O: what the changelog costs. Interleaved rounds, median ratio.
-        let rounds = env("BENCH_ROUNDS", 3);
-        let mut rows = String::new();
-        let mut ratios = Vec::new();
-        for round in 0..rounds {
-            let alo = run(records, in_flight, "0ms", "at-least-once").await;
-            let eo = run(records, in_flight, "0ms", "effectively-once").await;
-            eprintln!("round {round}: at-least-once {alo:.0}/s, effectively-once {eo:.0}/s");
-            rows.push_str(&format!("| {round} | {eo:.0} | {alo:.0} | {:.3} |\n", eo / alo));
-            ratios.push(eo / alo);
-        }
-        ratios.sort_by(f64::total_cmp);
-        let median = ratios[ratios.len() / 2];
+        // Same worker, no simulated I/O: what the changelog costs.
+        let (rows, rounds, median) = rounds_of(records, in_flight, "effectively-once", "at-least-once").await;
         let body = format!(
             "## Runtime: effectively-once ÷ at-least-once\n\n\
              `cargo build --release --bins && BENCH_ONLY=guarantee cargo bench -p keyflow-e2e --bench runtime_throughput` (BENCH_RECORDS={records}, BENCH_ROUNDS={rounds}), \
@@ -129,4 +119,37 @@ async fn main() {
         keyflow_e2e::bench::write_section("runtime-guarantee", &body);
         println!("{body}");
     }
+    if only.is_empty() || only == "exactly-once" {
+        let (rows, rounds, median) = rounds_of(records, in_flight, "exactly-once", "effectively-once").await;
+        let body = format!(
+            "## Runtime: exactly-once ÷ effectively-once\n\n\
+             `cargo build --release --bins && BENCH_ONLY=exactly-once cargo bench -p keyflow-e2e --bench runtime_throughput` (BENCH_RECORDS={records}, BENCH_ROUNDS={rounds}), \
+             release build on {machine}, `worker counter --delay 0ms --max-in-flight {in_flight}` on 1 partition, ~{records} distinct keys, batches of ≤ {} (`--max-batch`), \
+             keyflow's broker applying the transactions. Exactly-once writes each batch's outputs, changelog records and input offsets in one Kafka \
+             transaction (AddPartitionsToTxn, produce, AddOffsetsToTxn, TxnOffsetCommit, EndTxn with its markers) and waits for the commit before \
+             the next batch; effectively-once overlaps a batch's changelog write with the previous batch's acknowledgement.\n\n\
+             | round | exactly-once records/s | effectively-once records/s | ratio |\n|---|---|---|---|\n{rows}\n\
+             **Median ratio: {median:.3}**.\n",
+            max_batch(),
+        );
+        keyflow_e2e::bench::write_section("runtime-exactly-once", &body);
+        println!("{body}");
+    }
+}
+
+/// Interleaved rounds of `a` and `b` (`BENCH_ROUNDS`, default 3) with no
+/// simulated I/O: table rows, the round count, and the median ratio a ÷ b.
+async fn rounds_of(records: u64, in_flight: u64, a: &str, b: &str) -> (String, u64, f64) {
+    let rounds = env("BENCH_ROUNDS", 3);
+    let mut rows = String::new();
+    let mut ratios = Vec::new();
+    for round in 0..rounds {
+        let rb = run(records, in_flight, "0ms", b).await;
+        let ra = run(records, in_flight, "0ms", a).await;
+        eprintln!("round {round}: {b} {rb:.0}/s, {a} {ra:.0}/s");
+        rows.push_str(&format!("| {round} | {ra:.0} | {rb:.0} | {:.3} |\n", ra / rb));
+        ratios.push(ra / rb);
+    }
+    ratios.sort_by(f64::total_cmp);
+    (rows, rounds, ratios[ratios.len() / 2])
 }

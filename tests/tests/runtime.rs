@@ -423,7 +423,9 @@ async fn a_restart_restores_from_the_latest_snapshot_without_reading_the_whole_c
     let (want, _) = expected(count, 3);
     let want_total: usize = want.values().map(Vec::len).sum();
     let log = dir.path().join("worker.log");
-    let extra = ["--snapshot-interval-bytes", "100000", "--max-batch", "50", "--delay", "0ms"];
+    // The whole history stays, so the restore could read it all.
+    let extra =
+        ["--snapshot-interval-bytes", "100000", "--max-batch", "50", "--delay", "0ms", "--keep-changelog-history"];
     let mut w = spawn_worker_with(&brokers, &registry, "a", &log, &extra);
     let mut tail = Tail::new(&stack.kafka.brokers, "loyalty", 3);
     let deadline = Instant::now() + Duration::from_secs(300);
@@ -648,4 +650,67 @@ async fn a_takeover_with_no_new_input_commits_the_restored_checkpoint_so_the_gro
     assert_eq!((ids.len(), copies), (want_total, 0), "nothing was processed again");
     kill_all([&mut w]);
     stack.down().await;
+}
+
+/// Runs the counter with frequent snapshots (`guarantee` mode), crashes it,
+/// and checks that every changelog partition was trimmed below a snapshot
+/// and that the restart restores exact state from the trimmed log.
+async fn trimmed_changelog_restores_exactly(guarantee: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let count = 9_000u64;
+    let stack = stack_with_orders(dir.path(), 3, count).await;
+    let (brokers, registry) = (stack.kafka.brokers.clone(), stack.registry.registry.clone());
+    let codec = Codec::new(&RegistryConfig::new(&registry)).unwrap();
+    let (want, _) = expected(count, 3);
+    let want_total: usize = want.values().map(Vec::len).sum();
+    let log = dir.path().join("worker.log");
+    let addr = format!("127.0.0.1:{}", keyflow_e2e::free_port());
+    let extra = [
+        "--snapshot-interval-bytes",
+        "50000",
+        "--max-batch",
+        "50",
+        "--delay",
+        "0ms",
+        "--guarantee",
+        guarantee,
+        "--metrics-addr",
+        &addr,
+    ];
+    let mut w = spawn_worker_with(&brokers, &registry, "a", &log, &extra);
+    let mut tail = Tail::new(&stack.kafka.brokers, "loyalty", 3);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while tail.distinct(&codec).await < want_total * 2 / 3 {
+        assert!(Instant::now() < deadline, "{}", log_tail(&log));
+    }
+    let page = reqwest::get(format!("http://{addr}/metrics")).await.unwrap().text().await.unwrap();
+    let trims = metric(&page, &format!("{}{{result=\"ok\"", keyflow_schemas::metrics::WORKER_CHANGELOG_TRIMS));
+    w.kill().unwrap();
+    w.wait().unwrap();
+    assert!(trims > 0.0, "snapshots trimmed the changelog:\n{}", log_tail(&log));
+    let c: rdkafka::consumer::BaseConsumer =
+        keyflow_schemas::kafka::client_config(&stack.kafka, &[("group.id", "probe")]).unwrap().create().unwrap();
+    for p in 0..3 {
+        let (low, high) =
+            rdkafka::consumer::Consumer::fetch_watermarks(&c, "counter-state", p, Duration::from_secs(10)).unwrap();
+        assert!(low > 0 && low < high, "counter-state[{p}] starts at a snapshot, not at 0 ({low}..{high})");
+    }
+    let mut w = spawn_worker_with(&brokers, &registry, "a", &log, &extra);
+    while tail.distinct(&codec).await < want_total {
+        assert!(Instant::now() < deadline, "{}", log_tail(&log));
+    }
+    kill_all([&mut w]);
+    let copies = verify_outputs(&stack.kafka, &codec, &want).await;
+    eprintln!("{guarantee}: {trims} trims, {copies} raw copies");
+    stack.down().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn snapshots_trim_the_changelog_below_them_and_a_crash_restores_exact_state_from_the_trimmed_log() {
+    trimmed_changelog_restores_exactly("effectively-once").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exactly_once_trims_the_changelog_after_the_snapshot_commits_and_a_crash_restores_exact_state() {
+    trimmed_changelog_restores_exactly("exactly-once").await;
 }

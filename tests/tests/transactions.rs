@@ -22,8 +22,10 @@ use keyflow_e2e::{free_port, metric, wait_ready};
 use keyflow_infra::inspect::read_raw;
 use keyflow_infra::stack::Stack;
 use keyflow_schemas::client::KafkaArgs;
+use keyflow_schemas::kafka::client_config;
 use keyflow_schemas::metrics::WORKER_TRANSACTIONS;
 use keyflow_schemas::Codec;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 
 const PARTITIONS: i32 = 3;
 
@@ -112,6 +114,18 @@ impl Run {
         all.saturating_sub(committed)
     }
 
+    /// Whether a transaction is open with records in `loyalty`: some
+    /// partition's last stable offset (the end for read_committed readers)
+    /// is below its high watermark.
+    fn open_transaction(&self) -> bool {
+        let watermarks = |kafka: &KafkaArgs| -> Vec<i64> {
+            let c: BaseConsumer = client_config(kafka, &[("group.id", "probe")]).unwrap().create().unwrap();
+            (0..PARTITIONS).map(|p| c.fetch_watermarks("loyalty", p, Duration::from_secs(10)).unwrap().1).collect()
+        };
+        let (stable, high) = (watermarks(&self.stack.kafka), watermarks(&self.uncommitted()));
+        stable.iter().zip(&high).any(|(s, h)| s < h)
+    }
+
     /// Freezes `w` (SIGSTOP) at a moment its transaction is open with
     /// records in `loyalty`, resuming and retrying briefly otherwise.
     async fn freeze_mid_transaction(&self, w: &mut std::process::Child) {
@@ -119,10 +133,14 @@ impl Run {
         let mut pause = 5;
         loop {
             signal(w, "-STOP");
-            // Requests it sent before the stop (a commit) land first.
+            // A commit it sent just before the stop may still land: the
+            // transaction is open if it still is a second later.
             tokio::time::sleep(Duration::from_millis(300)).await;
-            if self.hidden("loyalty").await > 0 {
-                return;
+            if self.open_transaction() {
+                tokio::time::sleep(Duration::from_millis(1000)).await;
+                if self.open_transaction() {
+                    return;
+                }
             }
             signal(w, "-CONT");
             assert!(w.try_wait().unwrap().is_none(), "the worker exited:\n{}", log_tail(&self.log));

@@ -56,6 +56,11 @@ struct Args {
     /// snapshot (at least the snapshot's own size): bounds restore time.
     #[arg(long, default_value_t = 16 * 1024 * 1024)]
     snapshot_interval_bytes: u64,
+    /// Keep the changelog's whole history: do not delete the records below a
+    /// task's latest snapshot once it is written (DeleteRecords). By default
+    /// the changelog stays about the size of the state.
+    #[arg(long)]
+    keep_changelog_history: bool,
     /// `effectively-once` works on any Kafka-API broker (a crash may leave
     /// byte-identical copies that consumers drop); `exactly-once` commits each
     /// batch's outputs, changelog and offsets in one Kafka transaction (needs
@@ -116,6 +121,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         max_record_bytes: args.max_record_bytes,
         assignor: args.assignor,
         snapshot_interval_bytes: args.snapshot_interval_bytes,
+        trim_changelog: !args.keep_changelog_history,
         guarantee: args.guarantee,
         serial_task_writes: args.serial_task_writes,
     };

@@ -454,6 +454,7 @@ pub(super) fn restore_task<W: Worker>(
         ownership,
         since_snapshot: source.bytes - source.snapshot_bytes,
         snapshot_bytes: source.snapshot_bytes,
+        trim_after_commit: None,
         pending,
         unacked: None,
     };

@@ -128,6 +128,19 @@ impl Transactions {
         })
     }
 
+    /// A regular commit of these partitions was made after any transactional
+    /// one pending for them: the latest commit wins, as in Kafka, so the
+    /// pending ones no longer apply at the transaction's commit.
+    pub fn supersede(&self, group: &str, partitions: &[(String, i32)]) {
+        let all: Vec<_> = self.live.lock().unwrap().values().cloned().collect();
+        for t in all {
+            let mut t = lock(&t);
+            if let Some(pending) = t.offsets.get_mut(group) {
+                pending.retain(|(tp, p, _)| !partitions.iter().any(|(t2, p2)| t2 == tp && p2 == p));
+            }
+        }
+    }
+
     /// (transactional id, producer id, phase) of each, for ListTransactions
     /// and the metrics.
     pub fn list(&self) -> Vec<(String, i64, Phase)> {

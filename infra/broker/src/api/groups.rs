@@ -159,9 +159,15 @@ pub async fn offset_commit(st: &State, req: OffsetCommitRequest, ctx: &Ctx) -> O
         }
     }
     if code == Code::None && !commits.is_empty() {
-        if let Err(e) = st.offsets.commit(&group, &commits) {
-            tracing::error!(group, error = %e, "cannot store committed offsets");
-            code = Code::UnknownServerError;
+        match st.offsets.commit(&group, &commits) {
+            Ok(()) => {
+                let partitions: Vec<(String, i32)> = commits.iter().map(|(t, p, _)| (t.clone(), *p)).collect();
+                st.txns.supersede(&group, &partitions);
+            }
+            Err(e) => {
+                tracing::error!(group, error = %e, "cannot store committed offsets");
+                code = Code::UnknownServerError;
+            }
         }
     }
     let topics = req

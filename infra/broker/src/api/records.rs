@@ -216,11 +216,14 @@ pub async fn list_offsets(st: &State, req: ListOffsetsRequest, ctx: &Ctx) -> Lis
                         return r.with_error_code(Code::UnknownTopicOrPartition.code());
                     };
                     let (log_start, stable, end) = p.offsets();
+                    // read_committed readers are answered only offsets below the last stable offset.
+                    let fetchable = if read_committed { stable } else { end };
+                    let below = |f: Option<(i64, i64)>| f.filter(|&(offset, _)| offset < fetchable);
                     let found = match lp.timestamp {
                         -2 => Ok(Some((log_start, -1))),
-                        -1 => Ok(Some((if read_committed { stable } else { end }, -1))),
-                        -3 => p.max_timestamp(),
-                        ts => p.offset_for_time(ts),
+                        -1 => Ok(Some((fetchable, -1))),
+                        -3 => p.max_timestamp().map(below),
+                        ts => p.offset_for_time(ts).map(below),
                     };
                     let r = match found {
                         Ok(Some((offset, ts))) => r.with_offset(offset).with_timestamp(ts),
