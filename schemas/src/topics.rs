@@ -150,16 +150,7 @@ impl Catalog {
             }
         }
         for (worker, w) in &self.workers {
-            let mut state_config = base(self.internal.state_retention_ms);
-            state_config.insert("segment.bytes".into(), self.internal.state_segment_bytes.to_string());
-            out.push(TopicSpec {
-                name: state_topic(worker),
-                partitions: parts,
-                replication_factor: self.defaults.replication_factor,
-                config: state_config,
-                family: Some(w.family.clone()),
-                events: vec![],
-            });
+            out.push(TopicSpec { family: Some(w.family.clone()), ..self.state_spec(worker, parts) });
             out.push(TopicSpec {
                 name: dlq_topic(worker),
                 partitions: self.internal.dlq_partitions,
@@ -170,6 +161,24 @@ impl Catalog {
             });
         }
         out
+    }
+
+    /// A worker's changelog `<worker>-state` as the catalog creates it (no
+    /// family: callers co-partition it with the worker's inputs).
+    pub fn state_spec(&self, worker: &str, partitions: i32) -> TopicSpec {
+        let config = BTreeMap::from([
+            ("cleanup.policy".to_string(), "delete".to_string()),
+            ("retention.ms".to_string(), self.internal.state_retention_ms.to_string()),
+            ("segment.bytes".to_string(), self.internal.state_segment_bytes.to_string()),
+        ]);
+        TopicSpec {
+            name: state_topic(worker),
+            partitions,
+            replication_factor: self.defaults.replication_factor,
+            config,
+            family: None,
+            events: vec![],
+        }
     }
 
     /// The family a topic belongs to.

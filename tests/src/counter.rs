@@ -77,15 +77,17 @@ pub async fn produce_orders(brokers: &str, registry: &str, count: u64, seed: u64
     assert!(out.status.success(), "{}", crate::text(&out).1);
 }
 
+/// The counter's changelog, as the catalog creates every `<worker>-state`.
+pub fn changelog_spec(partitions: i32) -> keyflow_schemas::topics::TopicSpec {
+    keyflow_schemas::topics::catalog().state_spec("counter", partitions)
+}
+
 /// A fresh embedded stack (broker and registry) with `partitions`
 /// partitions, the counter worker's changelog and DLQ, and `count` orders
 /// (seed 3) on `orders`.
 pub async fn stack_with_orders(dir: &std::path::Path, partitions: i32, count: u64) -> keyflow_infra::stack::Stack {
     let stack = crate::start(&crate::options(dir, partitions)).await;
-    let specs = [
-        keyflow_schemas::topics::TopicSpec::new("counter-state", partitions),
-        keyflow_schemas::topics::TopicSpec::new("counter.dlq", 1),
-    ];
+    let specs = [changelog_spec(partitions), keyflow_schemas::topics::TopicSpec::new("counter.dlq", 1)];
     keyflow_infra::kafka::create_topics(&stack.kafka, &specs, None).await.unwrap();
     produce_orders(&stack.kafka.brokers, &stack.registry.registry, count, 3).await;
     stack

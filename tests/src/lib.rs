@@ -110,11 +110,7 @@ pub mod bench {
         let port = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let opts = StackOptions { data_dir: dir.into(), broker_port: port(), registry_port: port(), partitions };
         let stack = Stack::up(&opts).await.expect("stack");
-        // The changelog as the catalog makes every `<worker>-state`.
-        let mut changelog = TopicSpec::new("counter-state", partitions);
-        let segment = keyflow_schemas::topics::catalog().internal.state_segment_bytes;
-        changelog.config.insert("segment.bytes".into(), segment.to_string());
-        let specs = [changelog, TopicSpec::new("counter.dlq", 1)];
+        let specs = [crate::counter::changelog_spec(partitions), TopicSpec::new("counter.dlq", 1)];
         keyflow_infra::kafka::create_topics(&stack.kafka, &specs, None).await.unwrap();
         stack
     }

@@ -100,3 +100,29 @@ async fn every_binary_exits_within_30_s_with_one_line_naming_an_unreachable_regi
     let runs = run_all(&with_registry, &stack.kafka.brokers, &registry).await;
     check(&runs, &["cannot reach the schema registry", &registry, "--registry or SCHEMA_REGISTRY_URL"]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_refuses_a_changelog_that_expires_by_age_with_one_line_naming_retention_ms() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = start(&options(dir.path(), 2)).await;
+    // An operator gave the changelog a retention: an idle partition's only
+    // snapshot would one day be deleted with its keys' state.
+    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", &stack.kafka.brokers).create().unwrap();
+    let expire = rdkafka::admin::AlterConfig::new(rdkafka::admin::ResourceSpecifier::Topic("payment-state"))
+        .set("cleanup.policy", "delete")
+        .set("retention.ms", "604800000");
+    let altered = admin.alter_configs(&[expire], &rdkafka::admin::AdminOptions::new()).await.unwrap();
+    assert!(altered.iter().all(|r| r.is_ok()), "{altered:?}");
+    let out = tokio::process::Command::new(bin("worker"))
+        .args(["payment", "-b", &stack.kafka.brokers, "--registry", &stack.registry.registry])
+        .env_remove("KAFKA_BROKERS")
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), out).await.expect("exits").unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let lines: Vec<&str> =
+        stderr.lines().filter(|l| l.contains("payment-state") && l.contains("retention.ms")).collect();
+    assert_eq!(lines.len(), 1, "one line names the changelog and the setting:\n{stderr}");
+    stack.down().await;
+}

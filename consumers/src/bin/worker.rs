@@ -130,6 +130,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // The cluster and its topics first (a topic problem is reported whatever
     // the registry does; this is the cluster's start-up check), then the registry.
     let partitions = preflight::check_topics(&args.kafka, &args.topics, args.worker, STARTUP_PATIENCE)?;
+    if cfg.guarantee != Guarantee::AtLeastOnce {
+        let changelog = args.topics.get(&keyflow_schemas::topics::state_topic(name));
+        preflight::check_changelog_retention(&args.kafka, &changelog).await?;
+    }
     keyflow_schemas::startup::check_registry(&args.registry, STARTUP_PATIENCE).await?;
     tracing::info!(worker = name, partitions, "topics checked");
     let codec = Arc::new(Codec::new(&args.registry.config().map_err(anyhow::Error::msg)?)?);
