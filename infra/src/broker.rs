@@ -32,16 +32,27 @@ pub enum BrokerError {
 }
 
 /// Finds the `broker` binary: `KEYFLOW_BROKER_BIN`, else next to the running
-/// program or one directory up (test binaries run from `target/*/deps`).
+/// program or one directory up (test binaries run from `target/*/deps`),
+/// else builds it next to the running program under `cargo run`.
 pub fn locate() -> Result<PathBuf, BrokerError> {
     if let Some(p) = std::env::var_os("KEYFLOW_BROKER_BIN") {
         return Ok(PathBuf::from(p));
     }
     let exe = std::env::current_exe().unwrap_or_default();
     let dirs: Vec<PathBuf> = exe.ancestors().skip(1).take(2).map(Path::to_path_buf).collect();
-    dirs.iter().map(|d| d.join("broker")).find(|p| p.is_file()).ok_or_else(|| BrokerError::NotFound {
-        looked: dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", "),
-    })
+    if let Some(p) = dirs.iter().map(|d| d.join("broker")).find(|p| p.is_file()) {
+        return Ok(p);
+    }
+    // `cargo run --bin devstack -- up` on a fresh clone: build it beside devstack.
+    match crate::bins::beside_current_exe(&["broker"]) {
+        Ok(dir) => Ok(dir.join("broker")),
+        Err(e) => {
+            tracing::debug!(error = %format!("{e:#}"), "could not build the broker");
+            Err(BrokerError::NotFound {
+                looked: dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", "),
+            })
+        }
+    }
 }
 
 /// Fails with a clear message when `host:port` cannot be bound.

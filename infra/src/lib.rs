@@ -16,6 +16,7 @@
 //! - [`demo`]: `devstack demo`, the whole pipeline in one command.
 //! - [`prometheus`]: a local Prometheus server scraping them (`demo --prometheus`).
 
+pub mod bins;
 pub mod broker;
 pub mod demo;
 pub mod inspect;

@@ -37,37 +37,10 @@ impl Bins {
         Bins { worker: dir.join("worker"), producer: dir.join("producer") }
     }
 
-    /// The binaries beside the running executable. When they are missing
-    /// and the executable runs under `cargo run`, builds them with the same
-    /// cargo and profile first (so `cargo run --bin devstack -- demo` is one
-    /// command on a fresh clone).
+    /// The binaries beside the running executable, built first when they
+    /// are missing under `cargo run` (the broker with them: the demo runs it).
     pub fn beside_current_exe() -> anyhow::Result<Bins> {
-        let exe = std::env::current_exe()?;
-        let dir = exe.parent().ok_or_else(|| anyhow::anyhow!("{} has no directory", exe.display()))?;
-        let bins = Bins::in_dir(dir);
-        if bins.worker.is_file() && bins.producer.is_file() {
-            return Ok(bins);
-        }
-        let (Some(cargo), Some(target)) = (std::env::var_os("CARGO"), dir.parent()) else {
-            anyhow::bail!(
-                "the worker and producer binaries are not beside {} — build them with `cargo build --bins` \
-                 (use the same profile as devstack)",
-                exe.display()
-            );
-        };
-        let release = dir.file_name().is_some_and(|n| n == "release");
-        let mut cmd = std::process::Command::new(cargo);
-        cmd.args(["build", "--bin", "worker", "--bin", "producer"]).env("CARGO_TARGET_DIR", target);
-        if release {
-            cmd.arg("--release");
-        }
-        eprintln!("devstack: building the worker and producer binaries ({cmd:?})…");
-        let status = cmd.status()?;
-        anyhow::ensure!(
-            status.success() && bins.worker.is_file(),
-            "building the worker and producer failed ({status})"
-        );
-        Ok(bins)
+        Ok(Bins::in_dir(&crate::bins::beside_current_exe(&["worker", "producer", "broker"])?))
     }
 }
 
