@@ -17,8 +17,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use keyflow_devstack::broker::Broker;
 use keyflow_e2e::bench::{bin, env, machine, write_section};
-use keyflow_infra::broker::Broker;
 use keyflow_schemas::client::KafkaArgs;
 use keyflow_schemas::topics::TopicSpec;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -159,9 +159,13 @@ async fn main() {
     let (mut p_ours, mut p_mock, mut l_ours, mut l_mock) = (vec![], vec![], vec![], vec![]);
     for round in 0..rounds {
         let topic = format!("produce-{round}");
-        keyflow_infra::kafka::create_topics(&KafkaArgs::new(ours.clone()), &[TopicSpec::new(&topic, PARTITIONS)], None)
-            .await
-            .unwrap();
+        keyflow_devstack::kafka::create_topics(
+            &KafkaArgs::new(ours.clone()),
+            &[TopicSpec::new(&topic, PARTITIONS)],
+            None,
+        )
+        .await
+        .unwrap();
         mock.create_topic(&topic, PARTITIONS, 1).unwrap();
         let a = produce_round(&ours, &topic, records).await;
         let b = produce_round(&theirs, &topic, records).await;
@@ -170,9 +174,13 @@ async fn main() {
         p_mock.push((b, ()));
 
         let topic = format!("latency-{round}");
-        keyflow_infra::kafka::create_topics(&KafkaArgs::new(ours.clone()), &[TopicSpec::new(&topic, PARTITIONS)], None)
-            .await
-            .unwrap();
+        keyflow_devstack::kafka::create_topics(
+            &KafkaArgs::new(ours.clone()),
+            &[TopicSpec::new(&topic, PARTITIONS)],
+            None,
+        )
+        .await
+        .unwrap();
         mock.create_topic(&topic, PARTITIONS, 1).unwrap();
         let a = latency_round(&ours, &topic, rate, secs, round).await;
         let b = latency_round(&theirs, &topic, rate, secs, round + 100).await;

@@ -28,17 +28,17 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use keyflow_devstack::pipeline::{group_positions, Bins, GroupPosition, Pipeline, WORKERS};
+use keyflow_devstack::stack::{Stack, StackOptions};
+use keyflow_devstack::verify;
 use keyflow_e2e::bench::{bin, cpu_ticks, env, steal_percent};
-use keyflow_infra::pipeline::{group_positions, Bins, GroupPosition, Pipeline, WORKERS};
-use keyflow_infra::stack::{Stack, StackOptions};
-use keyflow_infra::verify;
 use keyflow_schemas::client::{KafkaArgs, RegistryArgs};
 use keyflow_schemas::rules::RuleArgs;
 use keyflow_schemas::topics::{self, TopicNames};
 use keyflow_schemas::{Codec, RegistryConfig};
 
 async fn stack(dir: &std::path::Path) -> Stack {
-    let port = || keyflow_infra::pipeline::free_port().unwrap();
+    let port = || keyflow_devstack::pipeline::free_port().unwrap();
     let opts = StackOptions { data_dir: dir.into(), broker_port: port(), registry_port: port(), partitions: 6 };
     Stack::up(&opts).await.expect("stack")
 }
@@ -132,10 +132,10 @@ async fn mock_cluster(dir: &std::path::Path) -> (Cluster, impl Drop) {
     for t in topics::catalog().specs(Some(6)) {
         mock.create_topic(&t.name, t.partitions, 1).unwrap();
     }
-    let port = keyflow_infra::pipeline::free_port().unwrap();
-    let (url, stop, _task) = keyflow_infra::stack::start_registry(&dir.join("registry"), port).await.unwrap();
+    let port = keyflow_devstack::pipeline::free_port().unwrap();
+    let (url, stop, _task) = keyflow_devstack::stack::start_registry(&dir.join("registry"), port).await.unwrap();
     let registry = RegistryArgs { registry: url, registry_auth: None };
-    keyflow_infra::stack::register_schemas(&registry).await.unwrap();
+    keyflow_devstack::stack::register_schemas(&registry).await.unwrap();
     let kafka = KafkaArgs::new(mock.bootstrap_servers());
     (Cluster { kafka, registry }, MockGuard { _mock: mock, stop: Some(stop) })
 }

@@ -11,7 +11,7 @@
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use keyflow_infra::stack::{Stack, StackOptions};
+use keyflow_devstack::stack::{Stack, StackOptions};
 use keyflow_producers::gen::Generator;
 use keyflow_producers::orders::{OrderGen, OrderMix};
 use keyflow_producers::run::{self, RunArgs};
@@ -104,7 +104,7 @@ async fn main() {
         }
     }
     specs.push(TopicSpec::new("bench-paced", 6));
-    keyflow_infra::kafka::create_topics(&stack.kafka, &specs, None).await.unwrap();
+    keyflow_devstack::kafka::create_topics(&stack.kafka, &specs, None).await.unwrap();
 
     // The same events, encoded once, for the raw baseline (identical sizes and keys).
     let codec = Codec::new(&RegistryConfig::new(&stack.registry.registry)).unwrap();

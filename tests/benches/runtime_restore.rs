@@ -18,9 +18,9 @@
 
 use std::time::{Duration, Instant};
 
+use keyflow_devstack::pipeline::{free_port, get, metric_sum};
+use keyflow_devstack::stack::Stack;
 use keyflow_e2e::bench::{bin, counter_stack, env, produce_orders};
-use keyflow_infra::pipeline::{free_port, get, metric_sum};
-use keyflow_infra::stack::Stack;
 use keyflow_schemas::metrics as m;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 

@@ -17,13 +17,13 @@
 
 use std::time::{Duration, Instant};
 
+use keyflow_devstack::stack::Stack;
 use keyflow_e2e::bench::{bin, counter_stack, env, produce_orders};
-use keyflow_infra::stack::Stack;
 
 /// Inputs the worker has processed: its group's committed offset of
 /// `orders` (output offsets would count exactly-once's commit markers too).
 fn processed(stack: &Stack) -> i64 {
-    let group = keyflow_infra::pipeline::group_positions(&stack.kafka, "counter", &["orders".into()]).unwrap();
+    let group = keyflow_devstack::pipeline::group_positions(&stack.kafka, "counter", &["orders".into()]).unwrap();
     group.iter().map(|g| g.committed.unwrap_or(g.low) - g.low).sum()
 }
 

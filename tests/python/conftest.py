@@ -55,7 +55,7 @@ def binary(name: str) -> Path:
         how = f"KEYFLOW_BIN_DIR={env}" if env else f"KEYFLOW_BIN_DIR unset, default {DEFAULT_BIN_DIR}"
         pytest.fail(
             f"keyflow binary `{name}` not found (looked at {path}; {how}). Build it with "
-            f"`cargo build -p keyflow-infra --bins` (target dir {DEFAULT_BIN_DIR.rsplit('/', 1)[0]}) "
+            f"`cargo build -p keyflow-devstack --bins` (target dir {DEFAULT_BIN_DIR.rsplit('/', 1)[0]}) "
             f"or point KEYFLOW_BIN_DIR at the directory that holds it.",
             pytrace=False,
         )

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
-use keyflow_infra::inspect::read_raw;
+use keyflow_devstack::inspect::read_raw;
 use keyflow_producers::gen::Generator;
 use keyflow_producers::orders::{OrderGen, OrderMix};
 use keyflow_schemas::client::KafkaArgs;
@@ -85,10 +85,10 @@ pub fn changelog_spec(partitions: i32) -> keyflow_schemas::topics::TopicSpec {
 /// A fresh embedded stack (broker and registry) with `partitions`
 /// partitions, the counter worker's changelog and DLQ, and `count` orders
 /// (seed 3) on `orders`.
-pub async fn stack_with_orders(dir: &std::path::Path, partitions: i32, count: u64) -> keyflow_infra::stack::Stack {
+pub async fn stack_with_orders(dir: &std::path::Path, partitions: i32, count: u64) -> keyflow_devstack::stack::Stack {
     let stack = crate::start(&crate::options(dir, partitions)).await;
     let specs = [changelog_spec(partitions), keyflow_schemas::topics::TopicSpec::new("counter.dlq", 1)];
-    keyflow_infra::kafka::create_topics(&stack.kafka, &specs, None).await.unwrap();
+    keyflow_devstack::kafka::create_topics(&stack.kafka, &specs, None).await.unwrap();
     produce_orders(&stack.kafka.brokers, &stack.registry.registry, count, 3).await;
     stack
 }
@@ -111,7 +111,7 @@ impl MockStack {
             cluster.create_topic(topic, n, 3).unwrap();
         }
         let brokers = cluster.bootstrap_servers();
-        let (registry, stop, task) = keyflow_infra::stack::start_registry(dir, crate::free_port()).await.unwrap();
+        let (registry, stop, task) = keyflow_devstack::stack::start_registry(dir, crate::free_port()).await.unwrap();
         MockStack { cluster, brokers, registry, _registry: (stop, task) }
     }
 }

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::process::Output;
 
-use keyflow_infra::stack::{Stack, StackOptions};
+use keyflow_devstack::stack::{Stack, StackOptions};
 
 pub mod counter;
 
@@ -88,7 +88,7 @@ pub async fn wait_ready(addr: &str, log: &std::path::Path) -> String {
 /// sections, sizes from the environment, a stack with the counter worker's
 /// topics, and order load.
 pub mod bench {
-    use keyflow_infra::stack::{Stack, StackOptions};
+    use keyflow_devstack::stack::{Stack, StackOptions};
     use keyflow_schemas::topics::TopicSpec;
 
     /// A size from the environment (`BENCH_*`), or `default`.
@@ -111,7 +111,7 @@ pub mod bench {
         let opts = StackOptions { data_dir: dir.into(), broker_port: port(), registry_port: port(), partitions };
         let stack = Stack::up(&opts).await.expect("stack");
         let specs = [crate::counter::changelog_spec(partitions), TopicSpec::new("counter.dlq", 1)];
-        keyflow_infra::kafka::create_topics(&stack.kafka, &specs, None).await.unwrap();
+        keyflow_devstack::kafka::create_topics(&stack.kafka, &specs, None).await.unwrap();
         stack
     }
 
@@ -203,7 +203,7 @@ impl Drop for KeepOnPanic {
 pub async fn dump_topic(kafka: &keyflow_schemas::client::KafkaArgs, topic: &str, path: &std::path::Path) {
     use std::fmt::Write as _;
     let mut out = String::new();
-    for r in keyflow_infra::inspect::read_raw(kafka, topic, usize::MAX).await.unwrap_or_default() {
+    for r in keyflow_devstack::inspect::read_raw(kafka, topic, usize::MAX).await.unwrap_or_default() {
         let headers: Vec<String> = r
             .headers
             .iter()

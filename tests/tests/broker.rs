@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use keyflow_devstack::broker::{self, Broker};
 use keyflow_e2e::free_port;
-use keyflow_infra::broker::{self, Broker};
 use keyflow_schemas::client::KafkaArgs;
 use keyflow_schemas::topics::TopicSpec;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -43,9 +43,13 @@ async fn kill_9_of_the_broker_ten_times_under_load_loses_no_acknowledged_record_
     let port = free_port();
     let mut b = start(dir.path(), port).await;
     let brokers = b.bootstrap.clone();
-    keyflow_infra::kafka::create_topics(&KafkaArgs::new(brokers.clone()), &[TopicSpec::new(TOPIC, PARTITIONS)], None)
-        .await
-        .unwrap();
+    keyflow_devstack::kafka::create_topics(
+        &KafkaArgs::new(brokers.clone()),
+        &[TopicSpec::new(TOPIC, PARTITIONS)],
+        None,
+    )
+    .await
+    .unwrap();
 
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(Mutex::new(Vec::<u64>::new()));
@@ -152,7 +156,7 @@ async fn kill_9_of_the_broker_ten_times_under_load_loses_no_acknowledged_record_
     consume.await.unwrap();
 
     let acked = acked.lock().unwrap().clone();
-    let log: Vec<String> = keyflow_infra::inspect::read_raw(&KafkaArgs::new(brokers.clone()), TOPIC, usize::MAX)
+    let log: Vec<String> = keyflow_devstack::inspect::read_raw(&KafkaArgs::new(brokers.clone()), TOPIC, usize::MAX)
         .await
         .expect("reading the topic back")
         .iter()
@@ -198,7 +202,7 @@ async fn with_sasl_plain_on_the_project_tools_authenticate_with_their_x_settings
         .chunks(2)
         .filter_map(|c| c[1].split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
         .collect();
-    keyflow_infra::kafka::create_topics(&args, &[TopicSpec::new("secured", 2)], None)
+    keyflow_devstack::kafka::create_topics(&args, &[TopicSpec::new("secured", 2)], None)
         .await
         .expect("authenticated admin");
 

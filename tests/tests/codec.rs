@@ -3,7 +3,7 @@
 //! needs no registry after warm-up, poison is classified as poison and an
 //! outage as transient, and incompatible evolutions are refused.
 
-use keyflow_infra::stack::start_registry;
+use keyflow_devstack::stack::start_registry;
 use keyflow_schemas::client::RegistryArgs;
 use keyflow_schemas::contracts;
 use keyflow_schemas::events::*;

@@ -23,7 +23,7 @@ async fn up_creates_every_topic_and_every_event_type_reads_back_identical() {
     for spec in catalog().specs(Some(3)) {
         assert_eq!(topics.get(&spec.name), Some(&spec.partitions), "{}", spec.name);
     }
-    let report = keyflow_infra::smoke::run(&stack.kafka, &stack.registry).await.unwrap();
+    let report = keyflow_devstack::smoke::run(&stack.kafka, &stack.registry).await.unwrap();
     assert_eq!(report.events.len(), keyflow_schemas::contracts::all().len());
     assert!(report.ok, "{}", report.table());
 
@@ -46,7 +46,7 @@ async fn restart_keeps_topics_records_committed_offsets_and_schema_ids() {
     let opts = options(dir.path(), 2);
     let stack = start(&opts).await;
     let before = ids(&stack.report.subjects);
-    let report = keyflow_infra::smoke::run(&stack.kafka, &stack.registry).await.unwrap();
+    let report = keyflow_devstack::smoke::run(&stack.kafka, &stack.registry).await.unwrap();
     let group = format!("restart-{}", uuid::Uuid::new_v4());
     let commit_at = {
         let c: BaseConsumer =
@@ -88,7 +88,7 @@ async fn restart_keeps_topics_records_committed_offsets_and_schema_ids() {
     let got = committed.find_partition(&commit_at.0, commit_at.1).unwrap().offset();
     assert_eq!(got, Offset::Offset(commit_at.2), "committed offset survives a restart");
     // And a new schema after the restart gets a fresh id, never an old one.
-    let report2 = keyflow_infra::smoke::run(&stack.kafka, &stack.registry).await.unwrap();
+    let report2 = keyflow_devstack::smoke::run(&stack.kafka, &stack.registry).await.unwrap();
     assert!(report2.ok);
     stack.down().await;
 }
@@ -99,7 +99,7 @@ async fn worker_refuses_to_start_when_co_partitioned_topics_differ() {
     let stack = start(&options(dir.path(), 2)).await;
     // Point the join at a payments topic with another partition count.
     let spec = keyflow_schemas::topics::TopicSpec::new("payments-3", 3);
-    keyflow_infra::kafka::create_topics(&stack.kafka, &[spec], None).await.unwrap();
+    keyflow_devstack::kafka::create_topics(&stack.kafka, &[spec], None).await.unwrap();
     let out = run("worker", &["fulfillment", "-b", &stack.kafka.brokers, "--topic", "payments=payments-3"]).await;
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(1), "{stderr}");

@@ -9,9 +9,9 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use keyflow_devstack::pipeline::{Bins, Pipeline, WORKERS};
+use keyflow_devstack::prometheus::{LocalPrometheus, PRODUCERS_JOB, WORKERS_JOB};
 use keyflow_e2e::{bin, options, start};
-use keyflow_infra::pipeline::{Bins, Pipeline, WORKERS};
-use keyflow_infra::prometheus::{LocalPrometheus, PRODUCERS_JOB, WORKERS_JOB};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::Value;
 
@@ -43,7 +43,7 @@ fn promtool_accepts_the_config_and_the_rules_and_the_rule_unit_tests_pass() {
 /// Every alert the issue asks for exists (the rule unit tests show each fires).
 #[test]
 fn the_rules_alert_on_lag_dead_letters_instances_readiness_and_stuck_restores() {
-    let rules = keyflow_infra::prometheus::RULES;
+    let rules = keyflow_devstack::prometheus::RULES;
     for alert in [
         "KeyflowConsumerLagGrowing",
         "KeyflowDeadLetters",
@@ -172,7 +172,7 @@ async fn a_real_prometheus_scraping_the_pipeline_sees_rates_lag_every_referenced
     let referenced: BTreeSet<String> = dashboard_exprs()
         .iter()
         .flat_map(|(_, e)| metric_names(e))
-        .chain(metric_names(keyflow_infra::prometheus::RULES))
+        .chain(metric_names(keyflow_devstack::prometheus::RULES))
         .collect();
     let workers: BTreeSet<String> = WORKERS.iter().map(|w| w.name().to_string()).collect();
     let deadline = Instant::now() + Duration::from_secs(240);

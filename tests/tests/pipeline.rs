@@ -5,9 +5,9 @@
 
 use std::time::{Duration, Instant};
 
+use keyflow_devstack::pipeline::{group_positions, Bins, GroupPosition, Pipeline, WORKERS};
+use keyflow_devstack::verify::{self, Report};
 use keyflow_e2e::{bin, options, start, text};
-use keyflow_infra::pipeline::{group_positions, Bins, GroupPosition, Pipeline, WORKERS};
-use keyflow_infra::verify::{self, Report};
 use keyflow_schemas::rules::RuleArgs;
 use keyflow_schemas::topics::TopicNames;
 use keyflow_schemas::{Codec, RegistryConfig};
@@ -235,7 +235,7 @@ async fn the_verifier_reports_forged_duplicated_and_missing_outputs_with_key_top
     // Forge: a second, different decision for an authorized order; a loyalty
     // event for a payment that owes none; a byte copy; an order nobody decided.
     let codec = Codec::new(&RegistryConfig::new(&registry)).unwrap();
-    let payments = keyflow_infra::inspect::read_raw(&stack.kafka, "payments", usize::MAX).await.unwrap();
+    let payments = keyflow_devstack::inspect::read_raw(&stack.kafka, "payments", usize::MAX).await.unwrap();
     let mut authorized = None;
     let mut declined = None;
     for r in &payments {

@@ -4,8 +4,8 @@
 
 use std::collections::HashMap;
 
+use keyflow_devstack::inspect::read_raw;
 use keyflow_e2e::{free_port, options, run, start, text};
-use keyflow_infra::inspect::read_raw;
 use keyflow_producers::gen::Generator;
 use keyflow_producers::orders::{OrderGen, OrderMix};
 use keyflow_schemas::events::{AnyEvent, OrderEvent};
@@ -86,7 +86,7 @@ async fn same_seed_and_start_time_write_byte_identical_records() {
     let stack = start(&options(dir.path(), 2)).await;
     let specs: Vec<TopicSpec> =
         ["contracts-a", "contracts-b", "properties-a", "properties-b"].iter().map(|n| TopicSpec::new(n, 2)).collect();
-    keyflow_infra::kafka::create_topics(&stack.kafka, &specs, None).await.unwrap();
+    keyflow_devstack::kafka::create_topics(&stack.kafka, &specs, None).await.unwrap();
     for suffix in ["a", "b"] {
         let out = run(
             "producer",
@@ -117,7 +117,7 @@ async fn same_seed_and_start_time_write_byte_identical_records() {
         let a = read_raw(&stack.kafka, &format!("{t}-a"), usize::MAX).await.unwrap();
         let b = read_raw(&stack.kafka, &format!("{t}-b"), usize::MAX).await.unwrap();
         assert!(!a.is_empty());
-        let strip = |v: &[keyflow_infra::inspect::RawRecord]| -> Vec<_> {
+        let strip = |v: &[keyflow_devstack::inspect::RawRecord]| -> Vec<_> {
             v.iter().map(|r| (r.partition, r.offset, r.key.clone(), r.payload.clone(), r.headers.clone())).collect()
         };
         assert_eq!(strip(&a), strip(&b), "{t}");

@@ -7,11 +7,11 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+use keyflow_devstack::inspect::read_raw;
 use keyflow_e2e::counter::{
     expected, kill_all, log_tail, outputs, spawn_worker_with, stack_with_orders, verify_outputs, Tail, START,
 };
 use keyflow_e2e::{bin, metric, wait_ready};
-use keyflow_infra::inspect::read_raw;
 use keyflow_schemas::events::OrderEvent;
 use keyflow_schemas::{Codec, RegistryConfig};
 
@@ -230,7 +230,7 @@ async fn six_kinds_of_poison_land_in_the_dlq_with_headers_while_good_records_flo
     }
     // Every dead-lettered input counts as outcome `dlq`, poison the worker never saw included.
     let text = reqwest::get(format!("http://{metrics}/metrics")).await.unwrap().text().await.unwrap();
-    let dlq_outcomes = keyflow_infra::pipeline::metric_sum(
+    let dlq_outcomes = keyflow_devstack::pipeline::metric_sum(
         &text,
         keyflow_schemas::metrics::WORKER_PROCESSED,
         Some(("outcome", "dlq")),
@@ -517,7 +517,7 @@ async fn an_instance_beyond_the_partition_count_stays_up_ready_and_idle() {
         for (_, metrics) in &workers {
             if let Ok(r) = reqwest::get(format!("http://{metrics}/metrics")).await {
                 let text = r.text().await.unwrap_or_default();
-                assigned.push(keyflow_infra::pipeline::metric_sum(
+                assigned.push(keyflow_devstack::pipeline::metric_sum(
                     &text,
                     keyflow_schemas::metrics::WORKER_ASSIGNED,
                     None,
@@ -598,7 +598,7 @@ async fn a_newer_claim_on_its_partition_makes_a_worker_stop_writing_it_rejoin_an
 /// The group's committed offsets of `orders` (the counter worker's input), and the partitions' ends.
 fn counter_lag(brokers: &str) -> i64 {
     let kafka = keyflow_schemas::client::KafkaArgs::new(brokers.to_string());
-    keyflow_infra::pipeline::group_positions(&kafka, "counter", &["orders".to_string()])
+    keyflow_devstack::pipeline::group_positions(&kafka, "counter", &["orders".to_string()])
         .unwrap()
         .iter()
         .map(|p| p.high - p.committed.unwrap_or(p.low))

@@ -82,7 +82,7 @@ async fn every_binary_exits_within_30_s_with_one_line_naming_an_unreachable_brok
     let replay = dir.path().join("events.jsonl");
     std::fs::write(&replay, format!("{EVENT}\n")).unwrap();
     // A registry that answers, so only the broker is wrong.
-    let (registry, _stop, _task) = keyflow_infra::stack::start_registry(dir.path(), free_port()).await.unwrap();
+    let (registry, _stop, _task) = keyflow_devstack::stack::start_registry(dir.path(), free_port()).await.unwrap();
     let broker = format!("127.0.0.1:{}", free_port());
     let runs = run_all(&commands(replay.to_str().unwrap()), &broker, &registry).await;
     check(&runs, &["cannot reach the Kafka cluster", &broker, "-b/--brokers or KAFKA_BROKERS"]);

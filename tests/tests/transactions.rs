@@ -16,11 +16,11 @@
 
 use std::time::{Duration, Instant};
 
+use keyflow_devstack::inspect::read_raw;
+use keyflow_devstack::stack::Stack;
 use keyflow_e2e::counter::{expected, kill_all, log_tail, spawn_worker_with, stack_with_orders, Tail};
 use keyflow_e2e::counter::{outputs, verify_outputs};
 use keyflow_e2e::{free_port, metric, wait_ready};
-use keyflow_infra::inspect::read_raw;
-use keyflow_infra::stack::Stack;
 use keyflow_schemas::client::KafkaArgs;
 use keyflow_schemas::kafka::client_config;
 use keyflow_schemas::metrics::WORKER_TRANSACTIONS;
@@ -191,7 +191,7 @@ async fn exactly_once_commits_batches_and_group_offsets_in_transactions_and_a_re
     assert!(before.len() < want_total, "stopped mid-run ({} of {want_total})", before.len());
     assert_eq!(copies, 0);
     // The input offsets went through TxnOffsetCommit and are the group's now.
-    let group = keyflow_infra::pipeline::group_positions(&r.stack.kafka, "counter", &["orders".into()]).unwrap();
+    let group = keyflow_devstack::pipeline::group_positions(&r.stack.kafka, "counter", &["orders".into()]).unwrap();
     let consumed: i64 = group.iter().map(|g| g.committed.unwrap_or(0) - g.low).sum();
     assert!(consumed > 0, "the transactions committed the group's offsets: {group:?}");
 

@@ -23,7 +23,6 @@ pub mod inspect;
 pub mod kafka;
 pub mod pipeline;
 pub mod prometheus;
-pub mod registry;
 pub mod smoke;
 pub mod stack;
 pub mod tail;

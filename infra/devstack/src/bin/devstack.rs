@@ -5,8 +5,8 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use keyflow_infra::stack::{self, Stack, StackOptions};
-use keyflow_infra::{demo, inspect, kafka, smoke, tail, verify};
+use keyflow_devstack::stack::{self, Stack, StackOptions};
+use keyflow_devstack::{demo, inspect, kafka, smoke, tail, verify};
 use keyflow_schemas::client::{KafkaArgs, RegistryArgs};
 use keyflow_schemas::logging::{self, LogFormat};
 use keyflow_schemas::rules::RuleArgs;

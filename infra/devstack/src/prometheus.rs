@@ -13,7 +13,7 @@ use serde_json::Value;
 use tokio::process::{Child, Command};
 
 /// The project's recording and alert rules (infra/prometheus/rules/keyflow.yml).
-pub const RULES: &str = include_str!("../prometheus/rules/keyflow.yml");
+pub const RULES: &str = include_str!("../../prometheus/rules/keyflow.yml");
 
 /// Scrape job of the workers (the rules and dashboards select on it).
 pub const WORKERS_JOB: &str = "keyflow-workers";
@@ -146,7 +146,7 @@ mod tests {
             assert!(c.contains(&format!("job_name: {job}")) && c.contains(&format!("[{job}.json]")), "{c}");
         }
         // The compose stack's config uses the same job names.
-        let compose = include_str!("../prometheus/prometheus.yml");
+        let compose = include_str!("../../prometheus/prometheus.yml");
         assert!(compose.contains(&format!("job_name: {WORKERS_JOB}")));
         assert!(compose.contains(&format!("job_name: {PRODUCERS_JOB}")));
     }

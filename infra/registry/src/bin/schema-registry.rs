@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use keyflow_infra::registry;
+use keyflow_registry as registry;
 use keyflow_schemas::logging::{self, LogFormat};
 
 /// A Confluent-compatible schema registry (REST API v1, AVRO) whose schema

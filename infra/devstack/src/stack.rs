@@ -14,7 +14,6 @@ use tokio::task::JoinHandle;
 
 use crate::broker::{self, Broker};
 use crate::kafka::{self, TopicOutcome};
-use crate::registry;
 
 /// Options of `devstack up`.
 #[derive(Debug, Clone)]
@@ -72,14 +71,14 @@ pub async fn start_registry(
     port: u16,
 ) -> anyhow::Result<(String, oneshot::Sender<()>, JoinHandle<std::io::Result<()>>)> {
     broker::ensure_port_free("127.0.0.1", port, "the schema registry port", "--registry-port")?;
-    let store = registry::store::Store::open(dir)?;
+    let store = keyflow_registry::store::Store::open(dir)?;
     if store.torn_bytes > 0 {
         tracing::warn!(path = %store.path().display(), bytes = store.torn_bytes, "cut a torn last line off the schema log");
     }
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     let url = format!("http://{}", listener.local_addr()?);
     let (tx, rx) = oneshot::channel();
-    let task = tokio::spawn(registry::serve(listener, store, async {
+    let task = tokio::spawn(keyflow_registry::serve(listener, store, async {
         let _ = rx.await;
     }));
     Ok((url, tx, task))
