@@ -36,6 +36,10 @@ pub struct WorkerMetrics {
     pub transactions: IntCounterVec,
 }
 
+/// `result` label of [`n::WORKER_CHANGELOG_TRIMS`].
+pub const TRIM_OK: &str = "ok";
+pub const TRIM_FAILED: &str = "failed";
+
 /// `kind` label of [`n::WORKER_REBALANCES`].
 pub const REBALANCE_ASSIGN: &str = "assign";
 pub const REBALANCE_REVOKE: &str = "revoke";
@@ -122,6 +126,9 @@ impl WorkerMetrics {
         }
         for r in [TXN_COMMITTED, TXN_ABORTED] {
             m.transactions.with_label_values(&[r]);
+        }
+        for r in [TRIM_OK, TRIM_FAILED] {
+            m.trims.with_label_values(&[r]);
         }
         m
     }
