@@ -41,6 +41,7 @@ pub enum Code {
     GroupIdNotFound = 69,
     NonEmptyGroup = 68,
     MemberIdRequired = 79,
+    InvalidRecord = 87,
     FencedInstanceId = 82,
     UnstableOffsetCommit = 88,
     ProducerFenced = 90,

@@ -7,8 +7,9 @@
 //! does: nothing in the pipeline may depend on a behaviour Kafka lacks.
 //!
 //! - [`server`]: framing, the version gate, dispatch; [`api`]: the handlers.
-//! - [`log`]: segment files, recovery, retention; [`topics`]: topics and
-//!   their configs; [`producers`]: idempotent sequence checks.
+//! - [`log`]: segment files, recovery, retention; [`compact`]: log
+//!   compaction; [`topics`]: topics and their configs; [`producers`]:
+//!   idempotent sequence checks.
 //! - [`group`]: the classic group protocol; [`offsets`]: committed offsets.
 //!
 //! [`Broker::start`] runs it in-process (tests); the `broker` binary runs it
@@ -16,6 +17,7 @@
 
 pub mod api;
 pub mod batch;
+pub mod compact;
 pub mod errors;
 pub mod group;
 pub mod log;
@@ -56,7 +58,8 @@ pub struct Config {
     /// Kafka's `num.partitions`: partitions of a topic created without a count.
     pub default_partitions: i32,
     pub groups: group::GroupConfig,
-    /// How often retention (`retention.ms`, `retention.bytes`) is applied.
+    /// How often retention (`retention.ms`, `retention.bytes`) and
+    /// compaction (`cleanup.policy=compact`) are applied.
     pub retention_check: Duration,
     /// SASL/PLAIN users (name → password): when set, every connection must
     /// authenticate (SASL_PLAINTEXT) before anything but ApiVersions.
@@ -233,7 +236,7 @@ async fn accept(state: Arc<State>, listener: TcpListener, mut stopped: watch::Re
     conns.shutdown().await;
 }
 
-/// Group and transaction timers (every 100 ms), and retention.
+/// Group and transaction timers (every 100 ms), retention and compaction.
 async fn tick(state: Arc<State>, mut stopped: watch::Receiver<bool>) {
     let mut last_retention = tokio::time::Instant::now();
     loop {
@@ -247,14 +250,22 @@ async fn tick(state: Arc<State>, mut stopped: watch::Receiver<bool>) {
         if last_retention.elapsed() >= state.cfg.retention_check {
             last_retention = tokio::time::Instant::now();
             let st = state.clone();
-            let _ = tokio::task::spawn_blocking(move || apply_retention(&st)).await;
+            let _ = tokio::task::spawn_blocking(move || {
+                apply_retention(&st);
+                apply_compaction(&st);
+            })
+            .await;
         }
     }
 }
 
+/// Milliseconds since the Unix epoch (record and transaction times).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
 fn apply_retention(st: &State) {
-    let now =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+    let now = now_ms();
     for t in st.topics.all() {
         if !t.config("cleanup.policy").contains("delete") {
             continue;
@@ -273,6 +284,39 @@ fn apply_retention(st: &State) {
                 }
                 Ok(_) => {}
                 Err(e) => tracing::error!(topic = t.name, partition = p.index, error = %e, "retention failed"),
+            }
+        }
+    }
+}
+
+/// Compacts every partition of the topics whose policy has `compact`.
+pub fn apply_compaction(st: &State) {
+    for t in st.topics.all() {
+        if !t.config("cleanup.policy").contains("compact") {
+            continue;
+        }
+        let s = compact::Settings {
+            now_ms: now_ms(),
+            min_lag_ms: t.config_i64("min.compaction.lag.ms"),
+            delete_retention_ms: t.config_i64("delete.retention.ms"),
+        };
+        for p in &t.partitions {
+            match p.compact(s) {
+                Ok(stats) if stats.segments > 0 => {
+                    st.metrics.compacted_records.inc_by(stats.records_removed);
+                    tracing::info!(
+                        topic = t.name,
+                        partition = p.index,
+                        records_removed = stats.records_removed,
+                        batches_removed = stats.batches_removed,
+                        segments = stats.segments,
+                        bytes_before = stats.bytes_before,
+                        bytes_after = stats.bytes_after,
+                        "compacted"
+                    )
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(topic = t.name, partition = p.index, error = %e, "compaction failed"),
             }
         }
     }

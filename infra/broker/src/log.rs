@@ -12,6 +12,11 @@
 //!   index and the idempotent-producer state are rebuilt from the headers.
 //! - **Log start.** DeleteRecords and retention move the log start offset
 //!   (`log-start-offset`, written atomically) and remove whole segments below it.
+//! - **Compaction** ([`crate::compact`]) rewrites closed segments: a cleaned
+//!   copy is written to `<segment>.log.cleaned`, synced and renamed over the
+//!   segment ([`PartitionLog::replace_segment`]); a leftover `.cleaned` file
+//!   (a crash before the rename) is removed on open. Offsets never change:
+//!   fetches at removed offsets get the next batch.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -22,17 +27,61 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::batch::{self, Header, HEADER_LEN, LOG_OVERHEAD};
-use crate::producers::Producers;
+use crate::producers::{Aborted, Producers};
 
 const START_FILE: &str = "log-start-offset";
+/// Suffix of a segment being rewritten by compaction.
+pub(crate) const CLEANED_SUFFIX: &str = ".cleaned";
 
 /// Where one batch lives.
-#[derive(Debug, Clone, Copy)]
-struct Entry {
-    last: i64,
-    pos: u64,
-    len: u32,
-    max_ts: i64,
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Entry {
+    /// The offset of its last record (`base + lastOffsetDelta`).
+    pub last: i64,
+    pub pos: u64,
+    pub len: u32,
+    pub max_ts: i64,
+    /// No records (compaction keeps a producer's last batch this way).
+    pub empty: bool,
+}
+
+impl Entry {
+    pub(crate) fn new(h: &Header, last: i64, pos: u64, len: usize) -> Entry {
+        Entry { last, pos, len: len as u32, max_ts: h.max_timestamp, empty: h.records_count == 0 }
+    }
+}
+
+/// A closed or active segment as compaction sees it, outside the lock.
+#[derive(Debug, Clone)]
+pub(crate) struct SegmentView {
+    pub base: i64,
+    pub path: PathBuf,
+    pub file: Arc<File>,
+    pub batches: Vec<Entry>,
+    pub size: u64,
+}
+
+impl SegmentView {
+    /// The bytes of one of its batches.
+    pub fn read(&self, e: &Entry) -> io::Result<Vec<u8>> {
+        let mut buf = vec![0u8; e.len as usize];
+        self.file.read_exact_at(&mut buf, e.pos)?;
+        Ok(buf)
+    }
+}
+
+/// What compaction needs of a partition, taken under its lock.
+#[derive(Debug, Clone)]
+pub(crate) struct CompactionView {
+    /// Every segment, the active one last.
+    pub segments: Vec<SegmentView>,
+    /// The last stable offset: data at or above it is left alone.
+    pub stable: i64,
+    /// Aborted transactions below the last stable offset.
+    pub aborted: Vec<Aborted>,
+    /// Base offsets of each producer's last batch (kept, if only empty).
+    pub last_batches: std::collections::HashSet<i64>,
+    pub end: i64,
 }
 
 #[derive(Debug)]
@@ -113,6 +162,10 @@ pub struct PartitionLog {
     log_start: i64,
     next_offset: i64,
     producers: Producers,
+    /// The end offset and compaction settings of the last compaction that
+    /// left nothing for later: until the log grows, another pass with the
+    /// same settings would find nothing to remove.
+    clean_mark: Option<(i64, crate::compact::Settings)>,
 }
 
 fn parse_base(path: &Path) -> Option<i64> {
@@ -124,6 +177,13 @@ impl PartitionLog {
     /// Opens (creating it if needed) and recovers the log in `dir`.
     pub fn open(dir: &Path, cfg: LogConfig) -> io::Result<(PartitionLog, Recovered)> {
         fs::create_dir_all(dir)?;
+        for e in fs::read_dir(dir)? {
+            let path = e?.path();
+            if path.to_str().is_some_and(|p| p.ends_with(CLEANED_SUFFIX)) {
+                // A compaction cut short before its rename: the segment is whole.
+                fs::remove_file(&path)?;
+            }
+        }
         let mut bases: Vec<(i64, PathBuf)> = fs::read_dir(dir)?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter_map(|p| parse_base(&p).map(|b| (b, p)))
@@ -138,6 +198,7 @@ impl PartitionLog {
             log_start: stored_start,
             next_offset: stored_start,
             producers: Producers::default(),
+            clean_mark: None,
         };
         let mut rec = Recovered::default();
         let mut cut = false;
@@ -200,12 +261,7 @@ impl PartitionLog {
                 return Ok((seg, Some((at as u64, format!("offset {} goes back", h.base_offset)))));
             }
             self.producers.record(&h, h.base_offset, &rest[..size]);
-            seg.batches.push(Entry {
-                last: h.last_offset(),
-                pos: at as u64,
-                len: size as u32,
-                max_ts: h.max_timestamp,
-            });
+            seg.batches.push(Entry::new(&h, h.last_offset(), at as u64, size));
             expected = h.last_offset() + 1;
             at += size;
             seg.size = at as u64;
@@ -271,7 +327,7 @@ impl PartitionLog {
             seg.file.sync_data()?;
         }
         let last = base + h.last_offset_delta as i64;
-        seg.batches.push(Entry { last, pos: seg.size, len: bytes.len() as u32, max_ts: h.max_timestamp });
+        seg.batches.push(Entry::new(h, last, seg.size, bytes.len()));
         seg.size += bytes.len() as u64;
         self.next_offset = last + 1;
         self.producers.record(h, base, &bytes);
@@ -309,10 +365,11 @@ impl PartitionLog {
     }
 
     /// The first batch (at or above the log start) whose max timestamp is at
-    /// least `ts`, to be searched record by record.
+    /// least `ts`, to be searched record by record (the max timestamp is a
+    /// record's: compaction recomputes it, and skips empty batches here).
     pub fn batch_at_time(&self, ts: i64) -> Option<Slice> {
         self.segments.iter().flat_map(|s| s.batches.iter().map(move |e| (s, e))).find_map(|(s, e)| {
-            (e.max_ts >= ts && e.last >= self.log_start).then(|| Slice {
+            (e.max_ts >= ts && e.last >= self.log_start && !e.empty).then(|| Slice {
                 file: s.file.clone(),
                 pos: e.pos,
                 len: e.len as usize,
@@ -325,7 +382,7 @@ impl PartitionLog {
     pub fn max_timestamp(&self) -> Option<(i64, Slice)> {
         let mut best: Option<(i64, Slice)> = None;
         for s in &self.segments {
-            for e in s.batches.iter().filter(|e| e.last >= self.log_start) {
+            for e in s.batches.iter().filter(|e| e.last >= self.log_start && !e.empty) {
                 if best.as_ref().is_none_or(|(ts, _)| e.max_ts > *ts) {
                     let slice = Slice { file: s.file.clone(), pos: e.pos, len: e.len as usize, last: e.last };
                     best = Some((e.max_ts, slice));
@@ -354,7 +411,8 @@ impl PartitionLog {
         let mut size = self.size() as i64;
         for (i, s) in self.segments.iter().enumerate() {
             let Some(next) = self.segments.get(i + 1) else { break };
-            let newest = s.max_ts();
+            // A segment compaction emptied ages from its last write, as in Kafka.
+            let newest = if s.batches.is_empty() { modified_ms(&s.path) } else { s.max_ts() };
             let expired = retention_ms >= 0 && newest >= 0 && newest < now_ms - retention_ms;
             let too_big = retention_bytes >= 0 && size - s.size as i64 >= retention_bytes;
             if !(expired || too_big) {
@@ -365,6 +423,82 @@ impl PartitionLog {
         }
         self.delete_before(new_start)
     }
+
+    /// The segments and transaction state compaction works from; `None`
+    /// when the last pass with these settings left nothing for later and
+    /// nothing was appended since.
+    pub(crate) fn compaction_view(&self, s: crate::compact::Settings) -> Option<CompactionView> {
+        if self.clean_mark.is_some_and(|(end, m)| end == self.next_offset && m.same_rules(&s)) {
+            return None;
+        }
+        let stable = self.last_stable();
+        Some(CompactionView {
+            segments: self
+                .segments
+                .iter()
+                .map(|s| SegmentView {
+                    base: s.base,
+                    path: s.path.clone(),
+                    file: s.file.clone(),
+                    batches: s.batches.clone(),
+                    size: s.size,
+                })
+                .collect(),
+            stable,
+            aborted: self.producers.aborted_between(self.log_start, stable),
+            last_batches: self.producers.last_batch_offsets(),
+            end: self.next_offset,
+        })
+    }
+
+    /// Notes that compaction with `s` left nothing to remove later at `end`.
+    pub(crate) fn mark_clean(&mut self, end: i64, s: crate::compact::Settings) {
+        self.clean_mark = Some((end, s));
+    }
+
+    /// Puts a compacted copy of the closed segment at `base` in its place:
+    /// `cleaned` (synced, at `cleaned_path`) with `batches` is renamed over
+    /// it; no batches left, the segment goes (the first one stays, empty, as
+    /// the log's lower bound). Nothing happens (false) when the segment is no
+    /// longer the one `expect` read (retention or DeleteRecords removed it).
+    pub(crate) fn replace_segment(
+        &mut self,
+        base: i64,
+        expect: &Arc<File>,
+        cleaned_path: &Path,
+        cleaned: File,
+        batches: Vec<Entry>,
+    ) -> io::Result<bool> {
+        let n = self.segments.len();
+        let Some(i) = self.segments.iter().position(|s| s.base == base && Arc::ptr_eq(&s.file, expect)) else {
+            let _ = fs::remove_file(cleaned_path);
+            return Ok(false);
+        };
+        assert!(i + 1 < n, "compaction never rewrites the active segment");
+        let size = batches.last().map_or(0, |e| e.pos + e.len as u64);
+        if batches.is_empty() && i > 0 {
+            fs::remove_file(cleaned_path)?;
+            let seg = self.segments.remove(i);
+            fs::remove_file(&seg.path)?;
+        } else {
+            let seg = &mut self.segments[i];
+            fs::rename(cleaned_path, &seg.path)?;
+            seg.file = Arc::new(cleaned);
+            seg.batches = batches;
+            seg.size = size;
+        }
+        File::open(&self.dir)?.sync_all()?;
+        Ok(true)
+    }
+}
+
+/// When a file was last written, in ms since the epoch (-1: unknown).
+fn modified_ms(path: &Path) -> i64 {
+    fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(-1, |d| d.as_millis() as i64)
 }
 
 /// Writes `path` via a temporary file and a rename, synced, so a crash leaves

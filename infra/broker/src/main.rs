@@ -61,8 +61,14 @@ struct Args {
     /// Smallest session timeout a group member may ask for.
     #[arg(long, default_value_t = 1000)]
     group_min_session_timeout_ms: u64,
-    /// How often retention.ms and retention.bytes are applied.
-    #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(100..))]
+    /// How often retention.ms and retention.bytes, and compaction
+    /// (cleanup.policy=compact), are applied.
+    #[arg(
+        long,
+        env = "KEYFLOW_BROKER_RETENTION_CHECK_INTERVAL_MS",
+        default_value_t = 30_000,
+        value_parser = clap::value_parser!(u64).range(100..)
+    )]
     retention_check_interval_ms: u64,
     /// Require SASL/PLAIN (SASL_PLAINTEXT) with this user, USER:PASSWORD;
     /// repeatable, or comma-separated in the environment variable. Without

@@ -21,6 +21,7 @@ pub struct Metrics {
     pub bytes_out: IntCounter,
     pub bytes_fetched: IntCounter,
     pub records_in: IntCounter,
+    pub compacted_records: IntCounter,
     partition_bytes: IntGaugeVec,
     partition_end: IntGaugeVec,
     groups: IntGaugeVec,
@@ -65,6 +66,12 @@ impl Metrics {
             records_in: register_int_counter_with_registry!(
                 "keyflow_broker_records_in_total",
                 "Records appended by Produce.",
+                r
+            )
+            .unwrap(),
+            compacted_records: register_int_counter_with_registry!(
+                "keyflow_broker_compacted_records_total",
+                "Records removed by log compaction.",
                 r
             )
             .unwrap(),

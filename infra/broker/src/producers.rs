@@ -6,7 +6,7 @@
 //! - transactions: where each open one starts (the first one bounds the last
 //!   stable offset) and the aborted ones a read_committed fetch must name.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use crate::batch::{self, Header};
 use crate::errors::Code;
@@ -177,6 +177,14 @@ impl Producers {
             .collect();
         v.sort_by_key(|p| p.producer_id);
         v
+    }
+
+    /// The base offset of each producer's last batch: compaction keeps
+    /// that batch (empty if need be), so the producer's epoch and last
+    /// sequence are rebuilt from the log after a restart (Kafka's cleaner
+    /// does the same).
+    pub fn last_batch_offsets(&self) -> HashSet<i64> {
+        self.by_id.values().filter_map(|e| e.batches.back().map(|r| r.base_offset)).collect()
     }
 
     /// The highest producer id seen.

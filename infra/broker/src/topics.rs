@@ -133,11 +133,7 @@ impl Partition {
     /// Writes a transaction marker for `producer_id` (the transaction
     /// coordinator ending its transaction here); returns its offset.
     pub fn append_marker(&self, producer_id: i64, epoch: i16, commit: bool) -> std::io::Result<i64> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
-        let raw = crate::batch::control_batch(producer_id, epoch, commit, 0, now);
+        let raw = crate::batch::control_batch(producer_id, epoch, commit, 0, crate::now_ms());
         let h = Header::parse(&raw).expect("a marker the broker built");
         let mut log = self.lock();
         let offset = log.append(&h, &raw)?;
@@ -206,6 +202,11 @@ impl Partition {
 
     pub fn size(&self) -> u64 {
         self.lock().size()
+    }
+
+    /// Compacts the closed segments (a topic with `cleanup.policy=compact`).
+    pub fn compact(&self, s: crate::compact::Settings) -> std::io::Result<crate::compact::Stats> {
+        crate::compact::compact(&self.log, s)
     }
 
     pub fn max_producer_id(&self) -> i64 {

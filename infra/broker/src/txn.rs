@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use crate::errors::Code;
 use crate::offsets::Committed;
 use crate::table::Table;
-use crate::State;
+use crate::{now_ms, State};
 
 /// Kafka's `transaction.max.timeout.ms` default.
 pub const MAX_TIMEOUT_MS: i32 = 900_000;
@@ -84,10 +84,6 @@ pub struct Transactions {
     /// One lock per transactional id: a step (and a verified produce) runs
     /// whole under it.
     live: Mutex<HashMap<String, Arc<Mutex<Txn>>>>,
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 fn storage(e: std::io::Error) -> Code {

@@ -284,3 +284,93 @@ async fn an_oversized_batch_a_corrupt_batch_and_an_invalid_topic_name_get_kafkas
     assert_eq!(create(&mut c, "big", 1).await, 36, "TOPIC_ALREADY_EXISTS");
     assert_eq!(fetch(&mut c, "big", 0, 0).await.high_watermark, 0, "nothing refused was written");
 }
+
+/// One batch of keyed records (`None`: null) stamped now, not idempotent.
+fn keyed(records: &[(Option<&str>, Option<&str>)]) -> Bytes {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let text = |s: &Option<&str>| s.map(|s| Bytes::copy_from_slice(s.as_bytes()));
+    let records: Vec<Record> = records
+        .iter()
+        .enumerate()
+        .map(|(i, (k, v))| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: 0,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            sequence: -1 + i as i32,
+            timestamp: now,
+            key: text(k),
+            value: text(v),
+            headers: IndexMap::new(),
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(&mut buf, &records, &RecordEncodeOptions { version: 2, compression: Compression::None })
+        .unwrap();
+    buf.freeze()
+}
+
+#[tokio::test]
+async fn a_compacted_topic_refuses_keyless_records_and_reads_back_each_keys_latest_at_its_offset() {
+    use kafka_protocol::messages::create_topics_request::CreatableTopicConfig;
+    let dir = tempfile::tempdir().unwrap();
+    let b = broker(dir.path()).await;
+    let mut c = Conn::open(&b).await;
+    let config = |k: &'static str, v: &'static str| {
+        CreatableTopicConfig::default()
+            .with_name(StrBytes::from_static_str(k))
+            .with_value(Some(StrBytes::from_static_str(v)))
+    };
+    let t = CreatableTopic::default()
+        .with_name(TopicName(StrBytes::from_static_str("table")))
+        .with_num_partitions(1)
+        .with_replication_factor(1)
+        // Every batch rolls a segment: all but the last are closed.
+        .with_configs(vec![config("cleanup.policy", "compact"), config("segment.bytes", "1")]);
+    let r: CreateTopicsResponse =
+        c.call(ApiKey::CreateTopics, 5, &CreateTopicsRequest::default().with_topics(vec![t])).await;
+    assert_eq!(r.topics[0].error_code, 0);
+
+    let r: ProduceResponse = c
+        .call(ApiKey::Produce, 8, &produce_req("table", keyed(&[(Some("a"), Some("1")), (None, Some("x"))]), -1))
+        .await;
+    let p = &r.responses[0].partition_responses[0];
+    assert_eq!(p.error_code, 87, "INVALID_RECORD");
+    assert!(p.error_message.as_ref().unwrap().contains("without key"), "{:?}", p.error_message);
+
+    for (i, kv) in [(Some("a"), Some("a1")), (Some("b"), Some("b1")), (Some("a"), Some("a2")), (Some("b"), None)]
+        .into_iter()
+        .chain([(Some("z"), Some("z1"))])
+        .enumerate()
+    {
+        assert_eq!(produce(&mut c, "table", keyed(&[kv])).await, (0, i as i64));
+    }
+    keyflow_broker::apply_compaction(&b.state);
+
+    // Read from 0 to the end as a consumer does, batch after batch.
+    let (mut at, mut got) = (0i64, vec![]);
+    while at < 5 {
+        let pd = fetch(&mut c, "table", at, 0).await;
+        assert_eq!((pd.error_code, pd.high_watermark), (0, 5));
+        let mut records = pd.records.unwrap();
+        assert!(!records.is_empty(), "a fetch at {at} returns the next batch");
+        while records.has_remaining() {
+            let last = i64::from_be_bytes(records[..8].try_into().unwrap())
+                + i32::from_be_bytes(records[23..27].try_into().unwrap()) as i64;
+            let set = RecordBatchDecoder::decode(&mut records).unwrap();
+            got.extend(set.records.into_iter().map(|r| (r.offset, r.key.unwrap(), r.value)));
+            at = last + 1;
+        }
+    }
+    let want = vec![
+        (2, Bytes::from("a"), Some(Bytes::from("a2"))),
+        (3, Bytes::from("b"), None), // a tombstone younger than delete.retention.ms
+        (4, Bytes::from("z"), Some(Bytes::from("z1"))),
+    ];
+    assert_eq!(got, want);
+    b.stop().await;
+}

@@ -49,6 +49,20 @@ fn produce_partition(
     if batches.iter().any(|(h, _)| h.is_control()) {
         return Err((Code::InvalidRequest, "control batches are written by the transaction coordinator only".into()));
     }
+    if t.config("cleanup.policy").contains("compact") {
+        for (h, raw) in &batches {
+            match batch::has_null_key(raw, h) {
+                Ok(false) => {}
+                Ok(true) => {
+                    let msg = format!(
+                        "Compacted topic cannot accept message without key in topic partition {topic}-{index}."
+                    );
+                    return Err((Code::InvalidRecord, msg));
+                }
+                Err(e) => return Err((Code::CorruptMessage, e.to_string())),
+            }
+        }
+    }
     let appended = match batches.iter().find(|(h, _)| h.is_transactional()) {
         Some((h, _)) => {
             if batches.iter().any(|(b, _)| !b.is_transactional() || b.producer_id != h.producer_id) {
