@@ -15,80 +15,10 @@
 // Prints one JSON summary line on stdout; exits 1 with a message on stderr
 // (and "ok": false in the summary) when a check fails.
 
-import kafkajs from 'kafkajs';
+import { CheckFailed, check, scenario, sleep } from './harness.mjs';
 import { randomBytes } from 'node:crypto';
 
-const { Kafka, logLevel } = kafkajs;
-
-const brokers = (process.env.KAFKA_BROKERS || '').split(',').map((s) => s.trim()).filter(Boolean);
-const WAIT_MS = Number(process.env.CONFORMANCE_WAIT_MS || 30000);
-const OVERALL_MS = Number(process.env.CONFORMANCE_TIMEOUT_MS || 120000);
-
-const summary = { ok: false, client: 'kafkajs', version: '2.2.4', brokers, steps: [], counts: {} };
-let current = null;
-
-class CheckFailed extends Error {}
-
-function check(cond, msg) {
-  if (!cond) throw new CheckFailed(msg);
-}
-
-function finish(code, err) {
-  if (err) {
-    summary.error = { step: current, message: err instanceof CheckFailed ? err.message : String(err && err.stack || err) };
-    process.stderr.write(`kafkajs transactions FAILED in step "${current}": ${summary.error.message}\n`);
-  }
-  summary.ok = code === 0;
-  process.stdout.write(JSON.stringify(summary) + '\n');
-  process.exit(code);
-}
-
-if (!brokers.length) {
-  current = 'setup';
-  finish(2, new CheckFailed('KAFKA_BROKERS is not set (host:port[,host:port])'));
-}
-
-setTimeout(() => finish(1, new CheckFailed(`did not finish within ${OVERALL_MS} ms`)), OVERALL_MS).unref();
-
-async function step(name, fn) {
-  current = name;
-  const t0 = Date.now();
-  const detail = await fn();
-  summary.steps.push({ name, ok: true, ms: Date.now() - t0, ...(detail ? { detail } : {}) });
-}
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-async function waitFor(cond, what, ms = WAIT_MS) {
-  const deadline = Date.now() + ms;
-  let last;
-  while (Date.now() < deadline) {
-    last = await cond();
-    if (last === true) return;
-    await sleep(50);
-  }
-  throw new CheckFailed(`timed out after ${ms} ms waiting for ${what}${last && last !== false ? ` (last: ${JSON.stringify(last)})` : ''}`);
-}
-
-const LEVEL_NAMES = Object.fromEntries(Object.entries(logLevel).map(([k, v]) => [v, k]));
-
-// kafkajs logs (WARN and up) go to stderr, one line each, so a failing run shows them.
-const logCreator = () => ({ namespace, level, log }) => {
-  const { message, ...extra } = log;
-  delete extra.timestamp;
-  delete extra.logger;
-  process.stderr.write(`[kafkajs ${LEVEL_NAMES[level] ?? level}] ${namespace}: ${message} ${JSON.stringify(extra)}\n`);
-};
-
-const kafka = new Kafka({
-  clientId: 'keyflow-transactions-js',
-  brokers,
-  logLevel: Number(process.env.KAFKAJS_LOG_LEVEL ?? logLevel.WARN),
-  logCreator,
-  connectionTimeout: 5000,
-  requestTimeout: 20000,
-  retry: { retries: 6, initialRetryTime: 100, maxRetryTime: 2000 },
-});
+const { summary, finish, step, at, waitFor, kafka } = scenario('transactions', 'keyflow-transactions-js', 120000);
 
 const id = randomBytes(5).toString('hex');
 const TOPIC = `js-tx-${id}`;
@@ -272,7 +202,7 @@ async function main() {
     summary.counts.readUncommitted = seen.length;
   });
 
-  current = 'teardown';
+  at('teardown');
   await producer.disconnect();
   await admin.disconnect();
 }
