@@ -1,25 +1,16 @@
-//! The keyflow workers.
+//! The keyflow workers: payment, fulfillment, loyalty and publication as
+//! pure rules with their topology, run by the runtime of `keyflow-runtime`
+//! (re-exported here, so `keyflow_consumers::runtime` keeps working).
 //!
 //! # Layout
 //!
-//! - [`workers`]: the four workers (payment, fulfillment, loyalty,
-//!   publication) as pure rules, and their topology (inputs, output, state topic).
-//! - [`changelog`]: record the decision, then publish it — entries and restore.
-//! - [`task`]: the [`task::Worker`] trait and a batch applied under per-key
-//!   state with dedupe, offset guard and per-key order (pure, no Kafka).
-//! - [`counter`]: a test worker that proves the runtime.
-//! - [`runtime`]: the consumer-group member running partition tasks (v1).
-//! - [`metrics`]: the worker's Prometheus metrics.
-//! - [`keyed`]: ordered per key, concurrent across keys, bounded.
+//! - [`workers`]: the four workers as pure rules, and their topology
+//!   (inputs, output, state topic).
 //! - [`preflight`]: checks a worker makes before it joins its group — its
-//!   input topics exist and co-partitioned inputs agree on partition count.
-//!
+//!   input topics exist, co-partitioned inputs agree on partition count, the
+//!   changelog does not expire by age.
 
-pub mod changelog;
-pub mod counter;
-pub mod keyed;
-pub mod metrics;
 pub mod preflight;
-pub mod runtime;
-pub mod task;
 pub mod workers;
+
+pub use keyflow_runtime::{changelog, counter, keyed, metrics, runtime, task};

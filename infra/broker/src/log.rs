@@ -588,6 +588,47 @@ mod tests {
     }
 
     #[test]
+    fn a_full_disk_fails_the_append_and_leaves_the_log_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = LogConfig { segment_bytes: 200, fsync: false };
+        let (mut log, _) = PartitionLog::open(dir.path(), cfg).unwrap();
+        for i in 0..3 {
+            append(&mut log, 2, -1, -1, i);
+        }
+        // The next segment lands on a device that is always full.
+        let mut next = PathBuf::new();
+        let (mut full, mut i) = (false, 3);
+        while !full {
+            let b = batch(2, -1, -1, -1, i);
+            if log.segments.last().is_some_and(|s| s.size + b.len() as u64 > 200) {
+                next = dir.path().join(format!("{:020}.log", log.end()));
+                std::os::unix::fs::symlink("/dev/full", &next).unwrap();
+                let err = log.append(&batch::validate(&b).unwrap(), &b).unwrap_err();
+                assert_eq!(err.raw_os_error(), Some(28), "ENOSPC: {err}");
+                full = true;
+            } else {
+                append(&mut log, 2, -1, -1, i);
+                i += 1;
+            }
+        }
+        let end = log.end();
+        let err = log.append(&batch::validate(&batch(1, -1, -1, -1, 0)).unwrap(), &batch(1, -1, -1, -1, 0));
+        assert!(err.is_err(), "still full");
+        assert_eq!(log.end(), end, "no offset was given to a batch that was not written");
+        // Every acknowledged batch reads back whole, CRCs valid.
+        let mut at = 0;
+        while at < end {
+            let slice = log.read(at, 1 << 20, i64::MAX).unwrap().expect("a batch");
+            batch::split(&slice.read().unwrap()).unwrap();
+            at = slice.last + 1;
+        }
+        drop(log);
+        std::fs::remove_file(&next).unwrap();
+        let (log, rec) = PartitionLog::open(dir.path(), cfg).unwrap();
+        assert_eq!((log.end(), rec.truncated_bytes, rec.reason), (end, 0, None), "nothing torn, nothing lost");
+    }
+
+    #[test]
     fn retention_by_bytes_keeps_the_active_segment() {
         let dir = tempfile::tempdir().unwrap();
         let (mut log, _) = PartitionLog::open(dir.path(), LogConfig { segment_bytes: 200, fsync: false }).unwrap();

@@ -80,9 +80,13 @@ async fn create(c: &mut Conn, name: &str, partitions: i32) -> i16 {
 /// A v2 batch of `n` records from producer `pid`/`epoch` starting at `seq`
 /// (-1: no idempotence).
 fn batch(n: i64, pid: i64, epoch: i16, seq: i32, value_len: usize) -> Bytes {
+    batch_of(n, pid, epoch, seq, value_len, false)
+}
+
+fn batch_of(n: i64, pid: i64, epoch: i16, seq: i32, value_len: usize, transactional: bool) -> Bytes {
     let records: Vec<Record> = (0..n)
         .map(|i| Record {
-            transactional: false,
+            transactional,
             control: false,
             delete_horizon: false,
             partition_leader_epoch: 0,
@@ -372,5 +376,72 @@ async fn a_compacted_topic_refuses_keyless_records_and_reads_back_each_keys_late
         (4, Bytes::from("z"), Some(Bytes::from("z1"))),
     ];
     assert_eq!(got, want);
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_transactional_produce_needs_its_partition_in_the_open_transaction_and_describe_producers_shows_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = broker(dir.path()).await;
+    let mut c = Conn::open(&b).await;
+    assert_eq!(create(&mut c, "t", 1).await, 0);
+    let txn_id = TransactionalId(StrBytes::from_static_str("tx"));
+    let init: InitProducerIdResponse = c
+        .call(
+            ApiKey::InitProducerId,
+            4,
+            &InitProducerIdRequest::default()
+                .with_transactional_id(Some(txn_id.clone()))
+                .with_transaction_timeout_ms(60_000)
+                .with_producer_id(ProducerId(-1))
+                .with_producer_epoch(-1),
+        )
+        .await;
+    assert_eq!(init.error_code, 0);
+    let (pid, epoch) = (init.producer_id, init.producer_epoch);
+    let produce_txn = |records| produce_req("t", records, -1).with_transactional_id(Some(txn_id.clone()));
+    // KIP-890: a partition not added to the open transaction is refused (no hanging transaction).
+    let r: ProduceResponse = c.call(ApiKey::Produce, 7, &produce_txn(batch_of(3, pid.0, epoch, 0, 5, true))).await;
+    assert_eq!(r.responses[0].partition_responses[0].error_code, 48, "INVALID_TXN_STATE");
+    let add = AddPartitionsToTxnRequest::default()
+        .with_v3_and_below_transactional_id(txn_id.clone())
+        .with_v3_and_below_producer_id(pid)
+        .with_v3_and_below_producer_epoch(epoch)
+        .with_v3_and_below_topics(vec![add_partitions_to_txn_request::AddPartitionsToTxnTopic::default()
+            .with_name(TopicName(StrBytes::from_static_str("t")))
+            .with_partitions(vec![0])]);
+    let added: AddPartitionsToTxnResponse = c.call(ApiKey::AddPartitionsToTxn, 3, &add).await;
+    assert_eq!(added.results_by_topic_v3_and_below[0].results_by_partition[0].partition_error_code, 0);
+    let r: ProduceResponse = c.call(ApiKey::Produce, 7, &produce_txn(batch_of(3, pid.0, epoch, 0, 5, true))).await;
+    assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+
+    let describe = || {
+        DescribeProducersRequest::default().with_topics(vec![describe_producers_request::TopicRequest::default()
+            .with_name(TopicName(StrBytes::from_static_str("t")))
+            .with_partition_indexes(vec![0])])
+    };
+    let d: DescribeProducersResponse = c.call(ApiKey::DescribeProducers, 0, &describe()).await;
+    let p = &d.topics[0].partitions[0].active_producers[0];
+    assert_eq!(
+        (p.producer_id, p.producer_epoch, p.last_sequence, p.current_txn_start_offset),
+        (pid, epoch as i32, 2, 0)
+    );
+    let l: ListTransactionsResponse = c.call(ApiKey::ListTransactions, 0, &ListTransactionsRequest::default()).await;
+    assert_eq!(l.transaction_states[0].transaction_state.as_str(), "Ongoing");
+
+    let end = EndTxnRequest::default()
+        .with_transactional_id(txn_id.clone())
+        .with_producer_id(pid)
+        .with_producer_epoch(epoch)
+        .with_committed(true);
+    let e: EndTxnResponse = c.call(ApiKey::EndTxn, 3, &end).await;
+    assert_eq!(e.error_code, 0);
+    let d: DescribeProducersResponse = c.call(ApiKey::DescribeProducers, 0, &describe()).await;
+    assert_eq!(d.topics[0].partitions[0].active_producers[0].current_txn_start_offset, -1, "no open transaction");
+    let l: ListTransactionsResponse = c.call(ApiKey::ListTransactions, 0, &ListTransactionsRequest::default()).await;
+    assert_eq!(l.transaction_states[0].transaction_state.as_str(), "CompleteCommit");
+    // The commit marker took offset 3: a read_committed fetch reaches the end.
+    let f = fetch(&mut c, "t", 0, 0).await;
+    assert_eq!((f.high_watermark, f.last_stable_offset), (4, 4));
     b.stop().await;
 }

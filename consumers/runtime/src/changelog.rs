@@ -76,7 +76,7 @@
 //! never silently goes back. A log whose oldest records were deleted is
 //! restored only from a snapshot at its start.
 //!
-//! `consumers/tests/changelog_model.rs` checks these rules against
+//! `consumers/runtime/tests/changelog_model.rs` checks these rules against
 //! thousands of random schedules of crashes, late writers and trimmed logs.
 
 use std::collections::{BTreeMap, HashMap};

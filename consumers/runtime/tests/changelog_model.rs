@@ -1,4 +1,4 @@
-//! Model check of the changelog protocol (`keyflow_consumers::changelog`):
+//! Model check of the changelog protocol (`keyflow_runtime::changelog`):
 //! thousands of random schedules in which owners of one partition task
 //! record batches, publish them, mark them published, snapshot, crash at any
 //! point (between any two records), hand the partition over to new owners
@@ -27,10 +27,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use keyflow_consumers::changelog::{self, Entry, MemoryLog, OutboxRecord, RestoreError};
-use keyflow_consumers::counter::{Counter, CounterState};
-use keyflow_consumers::keyed::KeyedRunner;
-use keyflow_consumers::task::{process_batch, Input, KeyState};
+use keyflow_runtime::changelog::{self, Entry, MemoryLog, OutboxRecord, RestoreError};
+use keyflow_runtime::counter::{Counter, CounterState};
+use keyflow_runtime::keyed::KeyedRunner;
+use keyflow_runtime::task::{process_batch, Input, KeyState};
 use keyflow_schemas::events::{AnyEvent, LoyaltyEvent, OrderEvent};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -82,13 +82,13 @@ fn inputs(rng: &mut StdRng) -> Vec<Input> {
 }
 
 /// Runs a batch through the real task code.
-fn decide(states: &mut States, inputs: &[Input]) -> keyflow_consumers::task::BatchResult<CounterState> {
+fn decide(states: &mut States, inputs: &[Input]) -> keyflow_runtime::task::BatchResult<CounterState> {
     let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
     rt.block_on(process_batch(&Counter::default(), &KeyedRunner::new(4), states, inputs.to_vec(), RETENTION_MS))
 }
 
 /// An output as the model publishes it: `event_id=balance`.
-fn outbox(result: &keyflow_consumers::task::BatchResult<CounterState>) -> Vec<OutboxRecord> {
+fn outbox(result: &keyflow_runtime::task::BatchResult<CounterState>) -> Vec<OutboxRecord> {
     result
         .outputs
         .iter()
