@@ -18,7 +18,7 @@ import { randomBytes } from 'node:crypto';
 
 const { AssignerProtocol, ConfigResourceTypes, Partitioners } = kafkajs;
 
-const { summary, finish, step, at, waitFor, kafka } = scenario('conformance', 'keyflow-conformance-js', 240000);
+const { summary, step, at, waitFor, kafka, run } = scenario('conformance', 'keyflow-conformance-js', 240000);
 
 const id = randomBytes(5).toString('hex');
 const TOPIC = `js-main-${id}`;
@@ -313,12 +313,4 @@ async function main() {
   await admin.disconnect();
 }
 
-main().then(
-  () => finish(0),
-  async (err) => {
-    for (const c of open) {
-      try { await Promise.race([c.disconnect(), sleep(3000)]); } catch { /* ignore */ }
-    }
-    finish(1, err);
-  },
-);
+run(main, open);

@@ -79,5 +79,17 @@ export function scenario(name, clientId, overallMs) {
   const at = (what) => {
     current = what;
   };
-  return { brokers, WAIT_MS, summary, finish, step, at, waitFor, kafka };
+  // Runs the scenario: exit 0 when it passes; on a failure, disconnects the
+  // clients still open (3 s each at most), then exits 1 with the error.
+  const run = (main, open) =>
+    main().then(
+      () => finish(0),
+      async (err) => {
+        for (const c of open) {
+          try { await Promise.race([c.disconnect(), sleep(3000)]); } catch { /* ignore */ }
+        }
+        finish(1, err);
+      },
+    );
+  return { brokers, WAIT_MS, summary, finish, step, at, waitFor, kafka, run };
 }

@@ -18,7 +18,7 @@
 import { CheckFailed, check, scenario, sleep } from './harness.mjs';
 import { randomBytes } from 'node:crypto';
 
-const { summary, finish, step, at, waitFor, kafka } = scenario('transactions', 'keyflow-transactions-js', 120000);
+const { summary, step, at, waitFor, kafka, run } = scenario('transactions', 'keyflow-transactions-js', 120000);
 
 const id = randomBytes(5).toString('hex');
 const TOPIC = `js-tx-${id}`;
@@ -207,12 +207,4 @@ async function main() {
   await admin.disconnect();
 }
 
-main().then(
-  () => finish(0),
-  async (err) => {
-    for (const c of open) {
-      try { await Promise.race([c.disconnect(), sleep(3000)]); } catch { /* ignore */ }
-    }
-    finish(1, err);
-  },
-);
+run(main, open);
