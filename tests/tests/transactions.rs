@@ -14,6 +14,7 @@
 //! visible, offsets are not stored): it is used for fault injection only
 //! (broker_faults.rs).
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use keyflow_devstack::inspect::read_raw;
@@ -106,12 +107,19 @@ impl Run {
         k
     }
 
-    /// Records of `topic` that read_uncommitted readers see beyond the
-    /// read_committed ones: records of open or aborted transactions.
+    /// Records of `topic` (partition, offset) that read_uncommitted readers
+    /// see and read_committed ones do not: records of open or aborted transactions.
+    async fn hidden_records(&self, topic: &str) -> BTreeSet<(i32, i64)> {
+        let at = |records: Vec<keyflow_devstack::inspect::RawRecord>| -> BTreeSet<(i32, i64)> {
+            records.iter().map(|r| (r.partition, r.offset)).collect()
+        };
+        let all = at(read_raw(&self.uncommitted(), topic, usize::MAX).await.unwrap());
+        let committed = at(read_raw(&self.stack.kafka, topic, usize::MAX).await.unwrap());
+        all.difference(&committed).copied().collect()
+    }
+
     async fn hidden(&self, topic: &str) -> usize {
-        let all = read_raw(&self.uncommitted(), topic, usize::MAX).await.unwrap().len();
-        let committed = read_raw(&self.stack.kafka, topic, usize::MAX).await.unwrap().len();
-        all.saturating_sub(committed)
+        self.hidden_records(topic).await.len()
     }
 
     /// Whether a transaction is open with records in `loyalty`: some
@@ -241,12 +249,15 @@ async fn a_fenced_zombie_stops_and_none_of_its_open_transaction_becomes_visible(
     // Frozen with records written in an open transaction, it is replaced by
     // an instance with its transactional.id and group.instance.id.
     r.freeze_mid_transaction(&mut zombie).await;
-    let frozen_hidden = r.hidden("loyalty").await;
+    let frozen = r.hidden_records("loyalty").await;
     let other = format!("127.0.0.1:{}", free_port());
     let successor_flags = [&exactly_once(&other)[..], &["--delay", "1ms", "--max-batch", "100"]].concat();
     let mut successor = r.spawn("a", &successor_flags);
+    // Ready means its transactions are initialized: the zombie's open
+    // transaction is aborted and its epoch fenced before it wakes (woken
+    // earlier, it could still commit that transaction, legitimately).
+    wait_ready(&other, &r.log).await;
     wait_outputs(&mut tail, &r.codec, want_total / 2, &mut successor, &r.log).await;
-    // Woken, the zombie's transaction is already aborted and its epoch fenced.
     signal(&zombie, "-CONT");
     let (status, error) = exit_of(&mut zombie, &r.log).await;
     assert!(!status.success(), "a fenced zombie exits non-zero");
@@ -255,8 +266,9 @@ async fn a_fenced_zombie_stops_and_none_of_its_open_transaction_becomes_visible(
     kill_all([&mut successor]);
     let copies = verify_outputs(&r.stack.kafka, &r.codec, &r.want).await;
     assert_eq!(copies, 0, "nothing of the zombie's transaction is visible");
-    let hidden = r.hidden("loyalty").await;
-    assert!(hidden >= frozen_hidden, "its {frozen_hidden} records stay in the log, aborted ({hidden} hidden)");
+    let hidden = r.hidden_records("loyalty").await;
+    let shown: Vec<_> = frozen.difference(&hidden).collect();
+    assert!(shown.is_empty(), "records of the zombie's open transaction became visible: {shown:?}");
     r.down().await;
 }
 
