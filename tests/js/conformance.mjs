@@ -13,7 +13,7 @@
 // (and "ok": false in the summary) when a check fails.
 
 import kafkajs from 'kafkajs';
-import { check, scenario, sleep } from './harness.mjs';
+import { CONSUMER_OPTS, check, scenario, sleep } from './harness.mjs';
 import { randomBytes } from 'node:crypto';
 
 const { AssignerProtocol, ConfigResourceTypes, Partitioners } = kafkajs;
@@ -27,13 +27,6 @@ const GROUP = `js-group-${id}`;
 const RESUME_GROUP = `js-resume-${id}`;
 const READ_GROUP = `js-read-${id}`;
 const PARTS = [0, 1, 2];
-const CONSUMER_OPTS = {
-  sessionTimeout: 6000,
-  rebalanceTimeout: 10000,
-  heartbeatInterval: 500,
-  maxWaitTimeInMs: 100,
-  retry: { retries: 6 },
-};
 
 const admin = kafka.admin();
 const producer = kafka.producer({

@@ -13,6 +13,16 @@ export function check(cond, msg) {
   if (!cond) throw new CheckFailed(msg);
 }
 
+/// Consumer settings of every scenario: short sessions and fetch waits, so
+/// rebalances and reads finish within the test's patience.
+export const CONSUMER_OPTS = {
+  sessionTimeout: 6000,
+  rebalanceTimeout: 10000,
+  heartbeatInterval: 500,
+  maxWaitTimeInMs: 100,
+  retry: { retries: 6 },
+};
+
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 /// One scenario run: `name` for messages, `clientId` for the broker,

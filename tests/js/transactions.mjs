@@ -15,7 +15,7 @@
 // Prints one JSON summary line on stdout; exits 1 with a message on stderr
 // (and "ok": false in the summary) when a check fails.
 
-import { CheckFailed, check, scenario, sleep } from './harness.mjs';
+import { CONSUMER_OPTS, CheckFailed, check, scenario, sleep } from './harness.mjs';
 import { randomBytes } from 'node:crypto';
 
 const { summary, step, at, waitFor, kafka, run } = scenario('transactions', 'keyflow-transactions-js', 120000);
@@ -26,13 +26,6 @@ const INPUT = `js-tx-in-${id}`;
 const TX_ID = `js-txid-${id}`;
 const OFFSETS_GROUP = `js-tx-offsets-${id}`;
 const PARTS = [0, 1, 2];
-const CONSUMER_OPTS = {
-  sessionTimeout: 6000,
-  rebalanceTimeout: 10000,
-  heartbeatInterval: 500,
-  maxWaitTimeInMs: 100,
-  retry: { retries: 6 },
-};
 
 const admin = kafka.admin();
 const txProducer = () => kafka.producer({ transactionalId: TX_ID, idempotent: true, maxInFlightRequests: 1 });

@@ -84,25 +84,40 @@ fn batch(n: i64, pid: i64, epoch: i16, seq: i32, value_len: usize) -> Bytes {
 }
 
 fn batch_of(n: i64, pid: i64, epoch: i16, seq: i32, value_len: usize, transactional: bool) -> Bytes {
-    let records: Vec<Record> = (0..n)
-        .map(|i| Record {
-            transactional,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: 0,
-            producer_id: pid,
-            producer_epoch: epoch,
-            timestamp_type: TimestampType::Creation,
-            offset: i,
-            // kafka-protocol starts a new batch where offset − sequence changes;
-            // a batch without idempotence has base sequence -1.
-            sequence: seq + i as i32,
-            timestamp: 1_000 + i,
-            key: Some(Bytes::from(format!("k{i}"))),
-            value: Some(Bytes::from(vec![b'v'; value_len])),
-            headers: IndexMap::new(),
-        })
-        .collect();
+    encode((0..n).map(|i| Record {
+        transactional,
+        producer_id: pid,
+        producer_epoch: epoch,
+        // kafka-protocol starts a new batch where offset − sequence changes;
+        // a batch without idempotence has base sequence -1.
+        sequence: seq + i as i32,
+        timestamp: 1_000 + i,
+        ..record(i, Some(Bytes::from(format!("k{i}"))), Some(Bytes::from(vec![b'v'; value_len])))
+    }))
+}
+
+/// Record `offset` of a batch: not idempotent, not transactional, no headers.
+fn record(offset: i64, key: Option<Bytes>, value: Option<Bytes>) -> Record {
+    Record {
+        transactional: false,
+        control: false,
+        delete_horizon: false,
+        partition_leader_epoch: 0,
+        producer_id: -1,
+        producer_epoch: -1,
+        timestamp_type: TimestampType::Creation,
+        offset,
+        sequence: -1 + offset as i32,
+        timestamp: 1_000,
+        key,
+        value,
+        headers: IndexMap::new(),
+    }
+}
+
+/// One v2 batch of `records`, uncompressed.
+fn encode(records: impl Iterator<Item = Record>) -> Bytes {
+    let records: Vec<Record> = records.collect();
     let mut buf = BytesMut::new();
     RecordBatchEncoder::encode(&mut buf, &records, &RecordEncodeOptions { version: 2, compression: Compression::None })
         .unwrap();
@@ -293,29 +308,9 @@ async fn an_oversized_batch_a_corrupt_batch_and_an_invalid_topic_name_get_kafkas
 fn keyed(records: &[(Option<&str>, Option<&str>)]) -> Bytes {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
     let text = |s: &Option<&str>| s.map(|s| Bytes::copy_from_slice(s.as_bytes()));
-    let records: Vec<Record> = records
-        .iter()
-        .enumerate()
-        .map(|(i, (k, v))| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: 0,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            sequence: -1 + i as i32,
-            timestamp: now,
-            key: text(k),
-            value: text(v),
-            headers: IndexMap::new(),
-        })
-        .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(&mut buf, &records, &RecordEncodeOptions { version: 2, compression: Compression::None })
-        .unwrap();
-    buf.freeze()
+    encode(
+        records.iter().enumerate().map(|(i, (k, v))| Record { timestamp: now, ..record(i as i64, text(k), text(v)) }),
+    )
 }
 
 #[tokio::test]

@@ -126,23 +126,29 @@ impl<W: Worker> Runtime<W> {
         let marker = Outgoing::published(topic, p, batch, Stamp { snapshot: Some(at), ..old })?;
         let marked = send_all(&self.producer, std::slice::from_ref(&marker)).await?;
         let exactly_once = self.cfg.guarantee == Guarantee::ExactlyOnce;
+        // Effectively-once trims only after checking no other owner claimed
+        // the partition up to the marker; that check counts the marker as
+        // this owner's record.
+        let check_owner = !exactly_once && self.cfg.trim_changelog;
         if let Some(t) = lock(&self.tasks).get_mut(&p) {
             t.snapshot = Some(at);
             t.snapshot_bytes = bytes;
             t.since_snapshot = 0;
             if exactly_once {
-                t.ownership.written += 1;
                 t.trim_after_commit = self.cfg.trim_changelog.then_some(at);
+            }
+            if !check_owner {
+                t.ownership.written += 1;
             }
         }
         self.metrics.snapshots.inc();
         tracing::info!(worker = self.worker.name(), partition = p, batch, offset = at, parts, keys = states.len(), bytes, took = ?started.elapsed(), "state snapshot written");
-        if !exactly_once {
+        if check_owner {
             // Every later claim's base is this snapshot or a newer one once no
             // claim came before the marker: the history below it is not needed.
             let marker_at = marked.first().copied().unwrap_or(at);
             match self.still_owner(p, 1, marker_at).await {
-                Ok(None) if self.cfg.trim_changelog => self.trim(&[(p, at)]).await,
+                Ok(None) => self.trim(&[(p, at)]).await,
                 Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(partition = p, error = %format!("{e:#}"), "could not check the partition's owner; the changelog is not trimmed")
