@@ -13,4 +13,4 @@
 pub mod preflight;
 pub mod workers;
 
-pub use keyflow_runtime::{changelog, counter, keyed, metrics, runtime, task};
+pub use keyflow_runtime::{changelog, counter, keyed, metrics, runtime, store, task};

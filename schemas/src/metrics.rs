@@ -67,6 +67,18 @@ pub const WORKER_CHANGELOG_TRIMS: &str = "keyflow_worker_changelog_trims_total";
 /// only `--guarantee exactly-once` runs them, the series exist (at zero) in
 /// every mode.
 pub const WORKER_TRANSACTIONS: &str = "keyflow_worker_transactions_total";
+/// Worker: bytes of the local state store on disk (`--state-store disk`).
+pub const WORKER_STORE_BYTES: &str = "keyflow_worker_store_bytes";
+/// Worker: key lookups in the local store's cache of hot keys, by result
+/// (`hit`, `miss`: read from disk).
+pub const WORKER_STORE_CACHE: &str = "keyflow_worker_store_cache_lookups_total";
+/// Worker: how assigned tasks got their state, by result (`resumed`: the
+/// local store was current or replayed the changelog tail; `rebuilt`: it
+/// was missing, behind a trim, ahead, or from another changelog, and was
+/// rebuilt from the latest snapshot).
+pub const WORKER_STORE_STARTS: &str = "keyflow_worker_store_starts_total";
+/// Worker: seconds from process start to the first processed input.
+pub const WORKER_FIRST_RECORD_SECONDS: &str = "keyflow_worker_first_record_seconds";
 
 /// Serves `/metrics` from `registry`, `/health` (200 when `health` says the
 /// broker answers) and `/ready` (200 when `ready` is set) on `addr`.

@@ -84,7 +84,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::task::{KeyDelta, KeyState};
+use crate::task::{KeyDelta, KeyState, Offsets};
 
 /// An output record waiting to be (re)published.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -190,6 +190,16 @@ impl Raw {
     /// The value read back as a `T`.
     pub fn parse<T: DeserializeOwned>(&self) -> serde_json::Result<T> {
         serde_json::from_str(self.0.get())
+    }
+
+    /// JSON text read back as a value (checked to be JSON).
+    pub fn from_json(text: String) -> serde_json::Result<Raw> {
+        serde_json::value::RawValue::from_string(text).map(Raw)
+    }
+
+    /// The JSON text.
+    pub fn text(&self) -> &str {
+        self.0.get()
     }
 
     /// Length of the JSON text.
@@ -396,25 +406,32 @@ pub fn batch_entries<S: Serialize>(
 
 /// A snapshot of every key's state as of `batch`, built one part at a time
 /// (each about `max_part_bytes` of states) so that memory holds a few parts,
-/// never a copy of the whole state.
-pub struct SnapshotParts<'a, S> {
+/// never a copy of the whole state. It reads the states twice: their sizes
+/// first (to count the parts), then the states, in the same order.
+pub struct SnapshotParts<I> {
     batch: u64,
     checkpoint: BTreeMap<String, i64>,
-    keys: std::collections::hash_map::Iter<'a, String, KeyState<S>>,
+    entries: I,
     bounds: Vec<usize>,
     next: usize,
     total: usize,
 }
 
-impl<'a, S: Serialize> SnapshotParts<'a, S> {
+impl<I, E> SnapshotParts<I>
+where
+    I: Iterator<Item = Result<(String, Raw), E>>,
+{
+    /// `sizes`: each key's [`state_len`], in the order `entries` yields them.
     pub fn new(
         batch: u64,
         checkpoint: BTreeMap<String, i64>,
-        states: &'a HashMap<String, KeyState<S>>,
+        sizes: Vec<usize>,
+        entries: I,
         max_part_bytes: usize,
     ) -> Self {
-        let bounds = part_bounds(states.iter().map(|(k, ks)| state_len(k, json_len(ks))), max_part_bytes);
-        SnapshotParts { batch, checkpoint, keys: states.iter(), bounds, next: 0, total: states.len() }
+        let total = sizes.len();
+        let bounds = part_bounds(sizes, max_part_bytes);
+        SnapshotParts { batch, checkpoint, entries, bounds, next: 0, total }
     }
 
     /// How many parts the snapshot has.
@@ -423,8 +440,23 @@ impl<'a, S: Serialize> SnapshotParts<'a, S> {
     }
 }
 
-impl<S: Serialize> Iterator for SnapshotParts<'_, S> {
-    type Item = serde_json::Result<Entry>;
+/// A snapshot of the states in `states` (see [`SnapshotParts`]).
+pub fn snapshot_of<S: Serialize>(
+    batch: u64,
+    checkpoint: BTreeMap<String, i64>,
+    states: &HashMap<String, KeyState<S>>,
+    max_part_bytes: usize,
+) -> SnapshotParts<impl Iterator<Item = serde_json::Result<(String, Raw)>> + '_> {
+    let sizes = states.iter().map(|(k, ks)| state_len(k, json_len(ks))).collect();
+    let entries = states.iter().map(|(k, ks)| Raw::of(ks).map(|v| (k.clone(), v)));
+    SnapshotParts::new(batch, checkpoint, sizes, entries, max_part_bytes)
+}
+
+impl<I, E> Iterator for SnapshotParts<I>
+where
+    I: Iterator<Item = Result<(String, Raw), E>>,
+{
+    type Item = Result<Entry, E>;
 
     fn next(&mut self) -> Option<Self::Item> {
         let i = self.next;
@@ -432,13 +464,13 @@ impl<S: Serialize> Iterator for SnapshotParts<'_, S> {
         let end = self.bounds.get(i + 1).copied().unwrap_or(self.total);
         self.next += 1;
         let mut part = BTreeMap::new();
-        for (k, ks) in self.keys.by_ref().take(end - start) {
-            match Raw::of(ks) {
-                Ok(v) => part.insert(k.clone(), v),
+        for e in self.entries.by_ref().take(end - start) {
+            match e {
+                Ok((k, v)) => part.insert(k, v),
                 Err(e) => return Some(Err(e)),
             };
         }
-        let (batch, parts, checkpoint) = (self.batch, self.parts(), self.checkpoint.clone());
+        let (batch, parts, checkpoint) = (self.batch, self.bounds.len() as u32, self.checkpoint.clone());
         Some(Ok(Entry::Snapshot { batch, part: i as u32, parts, checkpoint, states: part }))
     }
 }

@@ -12,6 +12,8 @@
 //! - [`keyed`]: ordered per key, concurrent across keys, bounded.
 //! - [`changelog`]: record the decision, then publish it — entries and restore (pure).
 //! - [`runtime`]: the consumer-group member running partition tasks.
+//! - [`store`]: where a task keeps its keys' states (memory, or a local
+//!   store on disk with a cache of hot keys).
 //! - [`metrics`]: the worker's Prometheus metrics.
 //! - [`counter`]: a test worker that proves the runtime.
 
@@ -20,4 +22,5 @@ pub mod counter;
 pub mod keyed;
 pub mod metrics;
 pub mod runtime;
+pub mod store;
 pub mod task;

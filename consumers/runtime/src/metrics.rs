@@ -34,6 +34,10 @@ pub struct WorkerMetrics {
     pub snapshots: IntCounter,
     pub trims: IntCounterVec,
     pub transactions: IntCounterVec,
+    pub store_bytes: IntGauge,
+    pub store_cache: IntCounterVec,
+    pub store_starts: IntCounterVec,
+    pub first_record_seconds: prometheus::Gauge,
 }
 
 /// `result` label of [`n::WORKER_CHANGELOG_TRIMS`].
@@ -50,6 +54,12 @@ pub const RETRY_RESTORE: &str = "restore";
 /// `result` label of [`n::WORKER_TRANSACTIONS`].
 pub const TXN_COMMITTED: &str = "committed";
 pub const TXN_ABORTED: &str = "aborted";
+/// `result` label of [`n::WORKER_STORE_CACHE`].
+pub const CACHE_HIT: &str = "hit";
+pub const CACHE_MISS: &str = "miss";
+/// `result` label of [`n::WORKER_STORE_STARTS`].
+pub const STORE_RESUMED: &str = "resumed";
+pub const STORE_REBUILT: &str = "rebuilt";
 
 const LATENCY_BUCKETS: &[f64] =
     &[0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
@@ -111,6 +121,18 @@ impl WorkerMetrics {
                 &["result"],
             ),
             transactions: counter_vec(n::WORKER_TRANSACTIONS, "Kafka transactions ended, by result.", &["result"]),
+            store_bytes: gauge(n::WORKER_STORE_BYTES, "Bytes of the local state store on disk."),
+            store_cache: counter_vec(n::WORKER_STORE_CACHE, "Local store cache lookups, by result.", &["result"]),
+            store_starts: counter_vec(
+                n::WORKER_STORE_STARTS,
+                "Tasks started from their local store (resumed) or rebuilt from a snapshot.",
+                &["result"],
+            ),
+            first_record_seconds: reg(
+                &registry,
+                prometheus::Gauge::new(n::WORKER_FIRST_RECORD_SECONDS, "Seconds from start to the first processed input.")
+                    .expect("valid metric"),
+            ),
             registry,
         };
         // Every series of a known label value exists from the start (at zero),
@@ -129,6 +151,12 @@ impl WorkerMetrics {
         }
         for r in [TRIM_OK, TRIM_FAILED] {
             m.trims.with_label_values(&[r]);
+        }
+        for r in [CACHE_HIT, CACHE_MISS] {
+            m.store_cache.with_label_values(&[r]);
+        }
+        for r in [STORE_RESUMED, STORE_REBUILT] {
+            m.store_starts.with_label_values(&[r]);
         }
         m
     }
@@ -170,6 +198,10 @@ mod tests {
             n::WORKER_SNAPSHOTS,
             n::WORKER_CHANGELOG_TRIMS,
             n::WORKER_TRANSACTIONS,
+            n::WORKER_STORE_BYTES,
+            n::WORKER_STORE_CACHE,
+            n::WORKER_STORE_STARTS,
+            n::WORKER_FIRST_RECORD_SECONDS,
         ] {
             assert!(names.iter().any(|n| n == want), "{want} missing");
         }

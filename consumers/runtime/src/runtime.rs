@@ -63,6 +63,7 @@ use tokio::sync::watch;
 use crate::changelog::{self, Entry, OutboxRecord, Record, RestoreError, LINEAGE_HEADER, SNAPSHOT_HEADER};
 use crate::keyed::KeyedRunner;
 use crate::metrics::{self, WorkerMetrics};
+use crate::store::{Position, StateDir, Store, StoreKind};
 use crate::task::{process_batch, Input, KeyDelta, KeyState, Outcome, Worker};
 
 mod batch;
@@ -103,7 +104,8 @@ pub const DLQ_OVERSIZED_KEEP_BYTES: usize = 64 * 1024;
 
 /// One partition task's live state.
 struct Task<S> {
-    states: HashMap<String, KeyState<S>>,
+    /// Its keys' states (taken out while a batch runs).
+    store: Store<S>,
     next_batch: u64,
     /// Next input offset per input partition, as of the last committed batch.
     checkpoint: BTreeMap<String, i64>,
@@ -112,6 +114,11 @@ struct Task<S> {
     /// The offset of this owner's claim on the partition (see
     /// [`changelog::Entry::Claim`]); every record it writes carries it.
     lineage: Option<i64>,
+    /// The snapshot that claim's restore started from.
+    base: Option<i64>,
+    /// This transaction's changelog records (exactly-once): once it commits,
+    /// the local store names the last of them.
+    staged: Vec<rdkafka::producer::DeliveryFuture>,
     /// Changelog bytes written since that snapshot, and the snapshot's size.
     since_snapshot: u64,
     snapshot_bytes: u64,
@@ -134,6 +141,8 @@ struct Task<S> {
 /// check costs nothing; otherwise the gap is read (see [`Runtime::still_owner`]).
 #[derive(Default)]
 struct Ownership {
+    /// The highest offset of an own record known to be acknowledged.
+    last: i64,
     verified: i64,
     /// Own records known to be acknowledged above `verified`.
     written: u64,
@@ -143,7 +152,12 @@ struct Ownership {
 
 impl Ownership {
     fn new(claim: i64) -> Self {
-        Ownership { verified: claim, written: 0, queued: vec![] }
+        Ownership { last: claim, verified: claim, written: 0, queued: vec![] }
+    }
+
+    /// An own record was acknowledged at `offset`.
+    fn saw(&mut self, offset: i64) {
+        self.last = self.last.max(offset);
     }
 
     /// A record queued without waiting: counted once acknowledged.
@@ -157,7 +171,10 @@ impl Ownership {
         let mut pending = Vec::with_capacity(self.queued.len());
         for mut d in self.queued.drain(..) {
             match futures::FutureExt::now_or_never(&mut d) {
-                Some(Ok(Ok(_))) => self.written += 1,
+                Some(Ok(Ok(delivery))) => {
+                    self.written += 1;
+                    self.last = self.last.max(delivery.offset);
+                }
                 Some(_) => {}
                 None => pending.push(d),
             }
@@ -189,19 +206,57 @@ struct Stamp {
     lineage: Option<i64>,
 }
 
-impl<S> Task<S> {
+impl<S: serde::Serialize + serde::de::DeserializeOwned + Default> Task<S> {
     fn stamp(&self) -> Stamp {
         Stamp { snapshot: self.snapshot, lineage: self.lineage }
+    }
+
+    /// Where its local store stands once every own record up to `at` is
+    /// reflected in it; a restore continues at `from`.
+    fn position(&self, site: &StoreSite, p: i32, at: i64, from: i64) -> Position {
+        Position {
+            cluster: site.cluster.clone(),
+            topic: site.topic.clone(),
+            partition: p,
+            lineage: self.lineage,
+            base: self.base,
+            snapshot: self.snapshot,
+            batch: self.next_batch - 1,
+            checkpoint: self.checkpoint.clone(),
+            at,
+            from,
+            since_snapshot: self.since_snapshot,
+            snapshot_bytes: self.snapshot_bytes,
+            pending: self.pending,
+            keys: 0,
+        }
+    }
+
+    /// Records in its local store that everything this owner wrote is
+    /// reflected (a released partition with nothing left to publish): a
+    /// restart then reads no changelog record before its new claim.
+    fn persist_released(&mut self, site: &StoreSite, p: i32) {
+        if !self.store.is_disk() || self.unacked.is_some() || self.lineage.is_none() {
+            return;
+        }
+        self.ownership.reap();
+        let last = self.ownership.last;
+        let position = self.position(site, p, last, last + 1);
+        if let Err(e) = self.store.persist(position) {
+            tracing::warn!(partition = p, error = %e, "could not record the local store's position; the next start replays more of the changelog");
+        }
     }
 
     /// A task without history: it starts at the group's committed offsets.
     fn empty() -> Self {
         Task {
-            states: HashMap::new(),
+            store: Store::memory(),
             next_batch: 1,
             checkpoint: BTreeMap::new(),
             snapshot: None,
             lineage: None,
+            base: None,
+            staged: vec![],
             ownership: Ownership::default(),
             since_snapshot: 0,
             snapshot_bytes: 0,
@@ -266,12 +321,34 @@ where
     }
 }
 
+/// Where tasks keep their states: the instance's state directory (disk
+/// stores) and what a store records its changelog partition by.
+struct StoreSite {
+    dir: Option<Arc<StateDir>>,
+    cache_keys: usize,
+    cluster: String,
+    topic: String,
+}
+
+impl StoreSite {
+    /// Partition `p`'s store: its disk store (with its share of the
+    /// instance's cache, `tasks` being assigned), or an empty memory store.
+    fn open<S>(&self, p: i32, tasks: usize) -> anyhow::Result<Store<S>> {
+        match &self.dir {
+            Some(dir) => Ok(dir.task(p, self.cache_keys / tasks.max(1))?),
+            None => Ok(Store::memory()),
+        }
+    }
+}
+
 /// One task's share of a batch, decided and encoded but not yet written.
 struct Decided<S> {
     p: i32,
     batch: u64,
     inputs: usize,
-    /// The task's states, taken out of it while the batch runs.
+    /// The task's store, taken out of it while the batch runs, and the
+    /// states of the batch's keys, taken out of the store.
+    store: Store<S>,
     states: HashMap<String, KeyState<S>>,
     /// Outputs and DLQ records, in input order.
     outbox: Vec<OutboxRecord>,
@@ -304,6 +381,10 @@ struct Runtime<W: Worker> {
     /// join again, so the group's assignment and the claims agree again
     /// (whichever member was wrong about the partition).
     rejoin: AtomicBool,
+    site: Arc<StoreSite>,
+    /// When the worker started, and whether it has processed an input since.
+    started: Instant,
+    first_done: AtomicBool,
 }
 
 /// Runs `worker` until `shutdown` completes, then drains and leaves the group.
@@ -316,8 +397,11 @@ pub async fn run<W: Worker>(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     cfg.validate().map_err(anyhow::Error::msg)?;
+    let started = Instant::now();
     let worker = Arc::new(worker);
     let name = worker.name();
+    let state_topic = cfg.names.get(&state_topic(name));
+    let site = Arc::new(open_stores(&cfg, &state_topic)?);
     let tasks: Tasks<W::State> = Arc::new(Mutex::new(HashMap::new()));
     let mut settings: Vec<(&str, &str)> = vec![
         ("group.id", name),
@@ -356,7 +440,6 @@ pub async fn run<W: Worker>(
         })?;
         tracing::info!(worker = name, transactional_id = %txn_id, "transactions initialized");
     }
-    let state_topic = cfg.names.get(&state_topic(name));
     let ctx = Ctx {
         worker: worker.clone(),
         cfg: cfg.clone(),
@@ -365,6 +448,7 @@ pub async fn run<W: Worker>(
         ready,
         producer: producer.clone(),
         state_topic: state_topic.clone(),
+        site: site.clone(),
     };
     let consumer: StreamConsumer<Ctx<W>> = client_config(&cfg.kafka, &settings)?.create_with_context(ctx)?;
     let inputs: Vec<String> = cfg.inputs.iter().map(|t| cfg.names.get(t)).collect();
@@ -377,6 +461,9 @@ pub async fn run<W: Worker>(
         state_topic,
         transactional_id: txn_id,
         rejoin: AtomicBool::new(false),
+        site,
+        started,
+        first_done: AtomicBool::new(false),
         dlq_topic: cfg.names.get(&dlq_topic(name)),
         worker,
         codec,
@@ -402,7 +489,48 @@ pub async fn run<W: Worker>(
     consumer.unsubscribe();
     let r: KafkaResult<()> = rt.producer.flush(Duration::from_secs(30));
     r?;
+    for (p, task) in lock(&rt.tasks).iter_mut() {
+        task.persist_released(&rt.site, *p);
+    }
     Ok(())
+}
+
+/// The instance's state directory, locked (disk stores of a worker that
+/// records its decisions), and the cluster its stores belong to.
+fn open_stores(cfg: &RuntimeConfig, topic: &str) -> anyhow::Result<StoreSite> {
+    let disk = cfg.store.kind == StoreKind::Disk && cfg.guarantee.records();
+    let dir = match disk {
+        true => Some(StateDir::open(&cfg.store.dir, cfg.store.block_cache_bytes)?),
+        false => None,
+    };
+    let cluster = match disk {
+        true => ChangelogSource::client(cfg)?.client().fetch_cluster_id(Duration::from_secs(30)).unwrap_or_default(),
+        false => String::new(),
+    };
+    if let Some(d) = &dir {
+        tracing::info!(dir = %d.path().display(), cache_keys = cfg.store.cache_keys, cluster, "local state store opened");
+    }
+    Ok(StoreSite { dir, cache_keys: cfg.store.cache_keys, cluster, topic: topic.to_string() })
+}
+
+impl<W: Worker> Runtime<W> {
+    /// The store gauges: keys held, bytes on disk, cache lookups.
+    fn publish_store_metrics(&self) {
+        let metrics = &self.metrics;
+        let mut tasks = lock(&self.tasks);
+        let mut keys = 0;
+        for t in tasks.values_mut() {
+            keys += t.store.len() as i64;
+            let (hits, misses) = t.store.take_lookups();
+            metrics.store_cache.with_label_values(&[metrics::CACHE_HIT]).inc_by(hits);
+            metrics.store_cache.with_label_values(&[metrics::CACHE_MISS]).inc_by(misses);
+        }
+        metrics.state_keys.set(keys);
+        metrics.pending.set(tasks.values().map(|t| t.pending).sum());
+        if let Some(dir) = &self.site.dir {
+            metrics.store_bytes.set(dir.disk_bytes() as i64);
+        }
+    }
 }
 
 /// The group's committed offset of one input partition, or its beginning
@@ -536,10 +664,10 @@ async fn consume<W: Worker>(
         committable.extend(rt.settle_others(&busy).await?);
         metrics.in_flight.set(0);
         metrics.batch_seconds.observe(batch_started.elapsed().as_secs_f64());
-        {
-            let tasks = lock(&rt.tasks);
-            metrics.state_keys.set(tasks.values().map(|t| t.states.len() as i64).sum());
-            metrics.pending.set(tasks.values().map(|t| t.pending).sum());
+        rt.publish_store_metrics();
+        if !rt.first_done.swap(true, Ordering::Relaxed) {
+            metrics.first_record_seconds.set(rt.started.elapsed().as_secs_f64());
+            tracing::info!(worker = rt.worker.name(), after = ?rt.started.elapsed(), "first input processed");
         }
         // 4. Group offsets of published batches, for lag monitoring only (the
         // checkpoint is the truth).

@@ -354,7 +354,7 @@ impl Model {
         let states = owner.states.clone();
         let part_bytes = if self.rng.random_bool(0.5) { 1 } else { 1 << 20 };
         let parts: Vec<Entry> =
-            changelog::SnapshotParts::new(batch, checkpoint, &states, part_bytes).map(Result::unwrap).collect();
+            changelog::snapshot_of(batch, checkpoint, &states, part_bytes).map(Result::unwrap).collect();
         self.trace.push(format!("owner {o} snapshots batch {batch} in {} parts", parts.len()));
         let mut first = None;
         for e in parts {

@@ -10,6 +10,7 @@ use keyflow_consumers::counter::Counter;
 use keyflow_consumers::metrics::WorkerMetrics;
 use keyflow_consumers::preflight;
 use keyflow_consumers::runtime::{self, Assignor, Guarantee, RuntimeConfig};
+use keyflow_consumers::store::{StoreConfig, StoreKind};
 use keyflow_consumers::workers::fulfillment::Fulfillment;
 use keyflow_consumers::workers::loyalty::Loyalty;
 use keyflow_consumers::workers::payment::Payment;
@@ -71,6 +72,8 @@ struct Args {
     /// together (for A/B measurements of the overlapped writes).
     #[arg(long, hide = true)]
     serial_task_writes: bool,
+    #[command(flatten)]
+    state: StateArgs,
     /// Input records larger than this go to the DLQ (class `oversized`).
     #[arg(long, default_value_t = 1024 * 1024)]
     max_record_bytes: usize,
@@ -85,6 +88,48 @@ struct Args {
     /// Log format (logs go to stderr).
     #[arg(long, value_enum, env = "LOG_FORMAT", default_value = "text")]
     log_format: LogFormat,
+}
+
+/// Where the worker keeps its tasks' key states.
+#[derive(Debug, clap::Args)]
+#[command(next_help_heading = "State store")]
+struct StateArgs {
+    /// `disk`: a local store per partition task under --state-dir, with a
+    /// bounded cache of hot keys (memory stays bounded; a restart reads only
+    /// the changelog past the store). `memory`: every key in memory, rebuilt
+    /// from the changelog at every start.
+    #[arg(long, value_enum, env = "WORKER_STATE_STORE", default_value = "disk")]
+    state_store: StoreKind,
+    /// The worker's data directory; --state-dir defaults under it.
+    #[arg(long, env = "WORKER_DATA_DIR", default_value = "keyflow-data")]
+    data_dir: std::path::PathBuf,
+    /// This instance's state directory (locked: never shared by two
+    /// instances). Default: <data-dir>/<worker>[-<instance-id>].
+    #[arg(long, env = "WORKER_STATE_DIR")]
+    state_dir: Option<std::path::PathBuf>,
+    /// Keys kept decoded in memory, over all of the instance's tasks (disk store).
+    #[arg(long, env = "WORKER_STATE_CACHE_KEYS", default_value_t = 50_000)]
+    state_cache_keys: usize,
+    /// Bytes of the disk store's block cache (disk store).
+    #[arg(long, default_value_t = 32 * 1024 * 1024, hide = true)]
+    state_block_cache_bytes: u64,
+}
+
+impl StateArgs {
+    fn config(&self, worker: &str, instance: Option<&str>) -> StoreConfig {
+        let dir = self.state_dir.clone().unwrap_or_else(|| {
+            self.data_dir.join(match instance {
+                Some(id) => format!("{worker}-{id}"),
+                None => worker.to_string(),
+            })
+        });
+        StoreConfig {
+            kind: self.state_store,
+            dir,
+            cache_keys: self.state_cache_keys,
+            block_cache_bytes: self.state_block_cache_bytes,
+        }
+    }
 }
 
 /// Settings of the workers' own state.
@@ -124,6 +169,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         trim_changelog: !args.keep_changelog_history,
         guarantee: args.guarantee,
         serial_task_writes: args.serial_task_writes,
+        store: args.state.config(name, args.instance_id.as_deref()),
     };
     cfg.validate().map_err(anyhow::Error::msg)?;
     args.rules.rules.validate().map_err(anyhow::Error::msg)?;

@@ -22,6 +22,9 @@ pub struct Restored<S> {
     pub fenced: usize,
     /// The lineage the result follows: the offset of the latest claim read.
     pub lineage: Option<i64>,
+    /// The offset of the last record of that lineage a local store can name
+    /// as its proof (its claim, a commit, a marker or a snapshot part).
+    pub proof: Option<i64>,
 }
 
 impl<S> Default for Restored<S> {
@@ -34,6 +37,7 @@ impl<S> Default for Restored<S> {
             dropped_tail: 0,
             fenced: 0,
             lineage: None,
+            proof: None,
         }
     }
 }
@@ -48,6 +52,10 @@ pub enum RestoreError {
     /// Reading failed (a broker down, a timeout): a retry may succeed.
     #[error("reading the changelog: {0:#}")]
     Read(anyhow::Error),
+    /// A restore that continues a local store met another owner's claim or
+    /// lineage it cannot follow from there: rebuild from the snapshot instead.
+    #[error("the local store cannot be continued: {0}")]
+    NotResumable(String),
 }
 
 impl RestoreError {
@@ -139,6 +147,48 @@ impl Source for MemoryLog {
     }
 }
 
+/// Where a restore puts the key states it rebuilds: a map in memory, or a
+/// task's local store (which writes them to disk as they come, so a restore
+/// of millions of keys does not hold them all in memory).
+pub trait Rebuild<S> {
+    /// Sets a key's whole state; `json` is its text when the restore read it
+    /// so (a snapshot part), to store without encoding it again.
+    fn put(&mut self, key: String, state: KeyState<S>, json: Option<&Raw>) -> Result<(), RestoreError>;
+    /// A key's state (the default one when it has none), to apply a change to.
+    fn get(&mut self, key: &str) -> Result<KeyState<S>, RestoreError>;
+    /// Forgets every key (a read that starts again elsewhere).
+    fn clear(&mut self) -> Result<(), RestoreError>;
+}
+
+impl<S: Default> Rebuild<S> for HashMap<String, KeyState<S>> {
+    fn put(&mut self, key: String, state: KeyState<S>, _: Option<&Raw>) -> Result<(), RestoreError> {
+        self.insert(key, state);
+        Ok(())
+    }
+
+    fn get(&mut self, key: &str) -> Result<KeyState<S>, RestoreError> {
+        Ok(self.remove(key).unwrap_or_default())
+    }
+
+    fn clear(&mut self) -> Result<(), RestoreError> {
+        HashMap::clear(self);
+        Ok(())
+    }
+}
+
+/// Where a restore that continues a task's local store starts: the store
+/// holds the state of `lineage` with every record before `from` applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resume {
+    pub from: i64,
+    pub lineage: Option<i64>,
+    pub last_batch: u64,
+    pub checkpoint: BTreeMap<String, i64>,
+    /// Starts whose walk equals the store's state: its lineage's base and
+    /// the snapshots its owner wrote (see [`restore`] on claims).
+    pub origins: Vec<Option<i64>>,
+}
+
 /// The first claim in `records` newer than `lineage`: another owner took the
 /// partition over, and what the owner of `lineage` writes from there on is
 /// skipped by every restore. An owner checks this before it points later
@@ -163,21 +213,61 @@ const MAX_READS: usize = 64;
 /// owner restored (read again from its base when this read began
 /// elsewhere); a record of a newer lineage whose claim lies before `start`
 /// restarts the read at that record's snapshot pointer. Every applied batch
-/// must move each key's offsets and the checkpoint forward, and the result
-/// must not hold a key newer than the checkpoint: otherwise the restore fails
+/// must move each key's offsets and the checkpoint forward, and no key may
+/// hold an input its checkpoint has not passed: otherwise the restore fails
 /// with [`RestoreError::Corrupt`] and never yields a state that went back.
 pub fn restore<S: DeserializeOwned + Default + Clone>(
     source: &mut dyn Source,
     start: Option<i64>,
     end: i64,
 ) -> Result<Restored<S>, RestoreError> {
-    let mut reads = 0;
-    let walked = walk::<S>(source, start, end, &mut reads)?;
-    walked.check()?;
-    let mut r = walked.r;
-    r.dropped_tail = walked.pending.len() + walked.pending_outbox.len();
-    r.lineage = walked.current;
+    let mut states = HashMap::new();
+    let mut r = restore_into(source, start, end, &mut states)?;
+    r.states = states;
     Ok(r)
+}
+
+/// [`restore`] into `states` (the result's own map stays empty).
+pub fn restore_into<S: DeserializeOwned + Default + Clone>(
+    source: &mut dyn Source,
+    start: Option<i64>,
+    end: i64,
+    states: &mut dyn Rebuild<S>,
+) -> Result<Restored<S>, RestoreError> {
+    states.clear()?;
+    let mut reads = 0;
+    let mut w = Walker::new(start, vec![start], states);
+    w.at_low = start.is_none().then(|| source.low());
+    w.walk(source, start, end, &mut reads)?;
+    Ok(w.finish())
+}
+
+/// Continues a task's local store (holding `states`) from `resume.from` up
+/// to `end`, under the rules of [`restore`]. A claim whose owner began
+/// elsewhere, a lineage newer than any claim read, or a log whose records
+/// from `resume.from` on were deleted cannot be followed from the store:
+/// [`RestoreError::NotResumable`], and the caller rebuilds from the snapshot.
+pub fn resume<S: DeserializeOwned + Default + Clone>(
+    source: &mut dyn Source,
+    resume: Resume,
+    end: i64,
+    states: &mut dyn Rebuild<S>,
+) -> Result<Restored<S>, RestoreError> {
+    if source.low() > resume.from {
+        return Err(RestoreError::NotResumable(format!(
+            "the changelog now starts at offset {}, past the store's {}",
+            source.low(),
+            resume.from
+        )));
+    }
+    let mut reads = 0;
+    let mut w = Walker::new(None, resume.origins, states);
+    w.resuming = true;
+    w.current = resume.lineage;
+    w.r.last_batch = resume.last_batch;
+    w.r.checkpoint = resume.checkpoint;
+    w.walk(source, Some(resume.from), end, &mut reads)?;
+    Ok(w.finish())
 }
 
 /// Restores from entries alone, as one lineage-less read from the start of
@@ -207,8 +297,10 @@ enum Step {
 }
 
 /// One read of the changelog under the rules of [`restore`].
-struct Walker<S> {
+struct Walker<'s, S> {
     r: Restored<S>,
+    /// Where the keys' states go.
+    states: &'s mut dyn Rebuild<S>,
     pending: Vec<(String, Raw)>,
     pending_outbox: Vec<OutboxRecord>,
     /// The lineage whose records apply: the latest claim read.
@@ -223,67 +315,15 @@ struct Walker<S> {
     at_low: Option<i64>,
     /// The leading snapshot while its parts load: (batch, next part, parts, lineage).
     loading: Option<(u64, u32, u32, Option<i64>)>,
+    /// Continuing a local store: what it cannot follow is [`RestoreError::NotResumable`].
+    resuming: bool,
 }
 
-fn walk<S: DeserializeOwned + Default + Clone>(
-    source: &mut dyn Source,
-    start: Option<i64>,
-    end: i64,
-    reads: &mut usize,
-) -> Result<Walker<S>, RestoreError> {
-    let mut w = Walker::new(start, vec![start]);
-    w.at_low = start.is_none().then(|| source.low());
-    let mut from = start;
-    loop {
-        *reads += 1;
-        if *reads > MAX_READS {
-            return Err(RestoreError::corrupt(format!("more than {MAX_READS} reads to follow its owners' claims")));
-        }
-        let mut next = Ok(Step::Go);
-        source.read(from, end, &mut |rec| {
-            next = w.step(rec);
-            matches!(next, Ok(Step::Go))
-        })?;
-        match next? {
-            Step::Go => {
-                if let Some(o) = w.expect {
-                    return Err(RestoreError::corrupt(format!("no snapshot at offset {o}, where the restore starts")));
-                }
-                if let Some((batch, next, parts, _)) = w.loading {
-                    if next < parts {
-                        return Err(RestoreError::corrupt(format!(
-                            "snapshot of batch {batch} ends after part {next} of {parts}"
-                        )));
-                    }
-                }
-                return Ok(w);
-            }
-            Step::Redirect(to) => {
-                if w.origins.contains(&to) {
-                    return Err(RestoreError::corrupt(format!(
-                        "records of lineage {:?} whose claim is not in the log",
-                        w.current
-                    )));
-                }
-                let mut origins = std::mem::take(&mut w.origins);
-                origins.push(to);
-                w = Walker::new(to, origins);
-                w.at_low = to.is_none().then(|| source.low());
-                from = to;
-            }
-            Step::Claim { base, claim } => {
-                let owner = walk::<S>(source, base, claim, reads)?;
-                w.adopt(owner, claim);
-                from = Some(claim + 1);
-            }
-        }
-    }
-}
-
-impl<S: DeserializeOwned + Default + Clone> Walker<S> {
-    fn new(start: Option<i64>, origins: Vec<Option<i64>>) -> Self {
+impl<'s, S: DeserializeOwned + Default + Clone> Walker<'s, S> {
+    fn new(start: Option<i64>, origins: Vec<Option<i64>>, states: &'s mut dyn Rebuild<S>) -> Self {
         Walker {
             r: Restored::default(),
+            states,
             pending: vec![],
             pending_outbox: vec![],
             current: None,
@@ -291,19 +331,115 @@ impl<S: DeserializeOwned + Default + Clone> Walker<S> {
             expect: start,
             at_low: None,
             loading: None,
+            resuming: false,
         }
     }
 
+    fn finish(self) -> Restored<S> {
+        let mut r = self.r;
+        r.dropped_tail = self.pending.len() + self.pending_outbox.len();
+        r.lineage = self.current;
+        r
+    }
+
+    /// Reads `[from, end)`, following redirects and other owners' claims.
+    fn walk(&mut self, source: &mut dyn Source, mut from: Option<i64>, end: i64, reads: &mut usize) -> Result<(), RestoreError> {
+        loop {
+            *reads += 1;
+            if *reads > MAX_READS {
+                return Err(RestoreError::corrupt(format!("more than {MAX_READS} reads to follow its owners' claims")));
+            }
+            let mut next = Ok(Step::Go);
+            source.read(from, end, &mut |rec| {
+                next = self.step(rec);
+                matches!(next, Ok(Step::Go))
+            })?;
+            let step = next?;
+            if self.resuming && !matches!(step, Step::Go) {
+                return Err(RestoreError::NotResumable(match step {
+                    Step::Claim { claim, .. } => format!("another owner claimed the partition at offset {claim}"),
+                    _ => format!("records of a lineage newer than {:?} whose claim it has not read", self.current),
+                }));
+            }
+            match step {
+                Step::Go => {
+                    if let Some(o) = self.expect {
+                        return Err(RestoreError::corrupt(format!("no snapshot at offset {o}, where the restore starts")));
+                    }
+                    if let Some((batch, next, parts, _)) = self.loading {
+                        if next < parts {
+                            return Err(RestoreError::corrupt(format!(
+                                "snapshot of batch {batch} ends after part {next} of {parts}"
+                            )));
+                        }
+                    }
+                    return Ok(());
+                }
+                Step::Redirect(to) => {
+                    if self.origins.contains(&to) {
+                        return Err(RestoreError::corrupt(format!(
+                            "records of lineage {:?} whose claim is not in the log",
+                            self.current
+                        )));
+                    }
+                    let mut origins = std::mem::take(&mut self.origins);
+                    origins.push(to);
+                    self.reset(to, origins)?;
+                    self.at_low = to.is_none().then(|| source.low());
+                    from = to;
+                }
+                Step::Claim { base, claim } => {
+                    // The owner's walk, in memory (only logs written by
+                    // owners at odds with each other need one).
+                    let mut theirs = HashMap::new();
+                    let mut owner = Walker::new(base, vec![base], &mut theirs);
+                    owner.at_low = base.is_none().then(|| source.low());
+                    owner.walk(source, base, claim, reads)?;
+                    let origins = std::mem::take(&mut owner.origins);
+                    let r = owner.finish();
+                    self.adopt(r, origins, theirs, claim)?;
+                    from = Some(claim + 1);
+                }
+            }
+        }
+    }
+
+    /// Starts over at `start` (a redirect).
+    fn reset(&mut self, start: Option<i64>, origins: Vec<Option<i64>>) -> Result<(), RestoreError> {
+        self.states.clear()?;
+        self.r = Restored::default();
+        self.pending.clear();
+        self.pending_outbox.clear();
+        self.current = None;
+        self.origins = origins;
+        self.expect = start;
+        self.at_low = None;
+        self.loading = None;
+        Ok(())
+    }
+
     /// Takes over the state a claim's owner restored; its lineage applies from here on.
-    fn adopt(&mut self, owner: Walker<S>, claim: i64) {
-        let fenced = self.r.fenced + owner.r.fenced;
-        self.r = owner.r;
+    fn adopt(
+        &mut self,
+        owner: Restored<S>,
+        origins: Vec<Option<i64>>,
+        states: HashMap<String, KeyState<S>>,
+        claim: i64,
+    ) -> Result<(), RestoreError> {
+        let fenced = self.r.fenced + owner.fenced;
+        self.states.clear()?;
+        for (key, ks) in states {
+            self.states.put(key, ks, None)?;
+        }
+        self.r = owner;
         self.r.fenced = fenced;
         self.pending.clear();
         self.pending_outbox.clear();
-        self.origins.extend(owner.origins);
+        self.origins.extend(origins);
         self.current = Some(claim);
+        self.r.proof = Some(claim);
         self.loading = None;
+        Ok(())
     }
 
     fn step(&mut self, rec: Record) -> Result<Step, RestoreError> {
@@ -333,9 +469,10 @@ impl<S: DeserializeOwned + Default + Clone> Walker<S> {
             if offset != o {
                 return Err(RestoreError::corrupt(format!("the restore starts at {o} but read {offset} first")));
             }
-            load(&mut self.r.states, states)?;
             self.r.checkpoint = checkpoint;
+            self.load(states)?;
             self.r.last_batch = batch;
+            self.r.proof = Some(offset);
             self.current = lineage;
             self.loading = Some((batch, 1, parts, lineage));
             return Ok(Step::Go);
@@ -355,6 +492,7 @@ impl<S: DeserializeOwned + Default + Clone> Walker<S> {
             self.pending.clear();
             self.pending_outbox.clear();
             self.current = Some(offset);
+            self.r.proof = Some(offset);
             return Ok(Step::Go);
         }
         match lineage.cmp(&self.current) {
@@ -372,7 +510,8 @@ impl<S: DeserializeOwned + Default + Clone> Walker<S> {
             } else {
                 match entry {
                     Entry::Snapshot { batch: b, part, states, .. } if b == batch && part == next => {
-                        load(&mut self.r.states, states)?;
+                        self.load(states)?;
+                        self.r.proof = Some(offset);
                         self.loading = Some((batch, next + 1, parts, lineage));
                         return Ok(Step::Go);
                     }
@@ -385,25 +524,32 @@ impl<S: DeserializeOwned + Default + Clone> Walker<S> {
                 }
             }
         }
-        let r = &mut self.r;
+        if matches!(entry, Entry::Commit { .. } | Entry::Published { .. } | Entry::Snapshot { .. }) {
+            self.r.proof = Some(offset);
+        }
         match entry {
             Entry::State { key, state } => self.pending.push((key, state)),
             Entry::States { states } => self.pending.extend(states),
             Entry::Outbox { records } => self.pending_outbox.extend(records),
             Entry::Commit { batch, checkpoint, outbox, states } => {
                 let outbox: Vec<OutboxRecord> = self.pending_outbox.drain(..).chain(outbox).collect();
-                for (key, delta) in self.pending.drain(..).chain(states) {
+                let mut applied = Vec::with_capacity(self.pending.len() + states.len());
+                for (key, delta) in std::mem::take(&mut self.pending).into_iter().chain(states) {
                     let delta: KeyDelta<S> = delta
                         .parse()
                         .map_err(|e| RestoreError::corrupt(format!("state of key '{key}' in batch {batch}: {e}")))?;
-                    let ks = r.states.entry(key.clone()).or_default();
+                    let mut ks = self.states.get(&key)?;
                     if let Some((input, was, now)) = ks.last_offsets.behind(&delta.last_offsets) {
                         return Err(RestoreError::corrupt(format!(
                             "batch {batch} at offset {offset} takes key '{key}' back from {input} offset {was} to {now}"
                         )));
                     }
                     ks.apply_delta(delta);
+                    let offsets = ks.last_offsets.clone();
+                    self.states.put(key.clone(), ks, None)?;
+                    applied.push((key, offsets));
                 }
+                let r = &mut self.r;
                 for (input, next) in checkpoint {
                     let was = r.checkpoint.insert(input.clone(), next);
                     if let Some(was) = was.filter(|was| *was > next) {
@@ -412,48 +558,49 @@ impl<S: DeserializeOwned + Default + Clone> Walker<S> {
                         )));
                     }
                 }
+                for (key, offsets) in &applied {
+                    check(key, offsets, &r.checkpoint)?;
+                }
                 r.last_batch = batch;
                 if !outbox.is_empty() {
                     r.unpublished.push((batch, outbox));
                 }
             }
-            Entry::Published { batch } => r.unpublished.retain(|(b, _)| *b != batch),
+            Entry::Published { batch } => self.r.unpublished.retain(|(b, _)| *b != batch),
             // A snapshot inside the read: the commits before it rebuilt the same
             // state (a crash may have cut it short), but it proves that every
             // batch up to its own was published.
-            Entry::Snapshot { batch, .. } => r.unpublished.retain(|(b, _)| *b > batch),
+            Entry::Snapshot { batch, .. } => self.r.unpublished.retain(|(b, _)| *b > batch),
             Entry::Claim { .. } => unreachable!("handled above"),
         }
         Ok(Step::Go)
     }
 
-    /// No key may hold an input the checkpoint has not passed: a state newer
-    /// than its checkpoint would apply that input twice.
-    fn check(&self) -> Result<(), RestoreError> {
-        for (key, ks) in &self.r.states {
-            for (input, offset) in ks.last_offsets.iter() {
-                match self.r.checkpoint.get(input) {
-                    Some(next) if offset < *next => {}
-                    next => {
-                        return Err(RestoreError::corrupt(format!(
-                            "key '{key}' applied {input} offset {offset} but the checkpoint is {next:?}"
-                        )))
-                    }
-                }
-            }
+    /// Adds a snapshot part's full key states (checked against its checkpoint).
+    fn load(&mut self, states: BTreeMap<String, Raw>) -> Result<(), RestoreError> {
+        for (key, v) in states {
+            let ks: KeyState<S> =
+                v.parse().map_err(|e| RestoreError::corrupt(format!("snapshot state of key '{key}': {e}")))?;
+            check(&key, &ks.last_offsets, &self.r.checkpoint)?;
+            self.states.put(key, ks, Some(&v))?;
         }
         Ok(())
     }
 }
 
-/// Adds a snapshot part's full key states.
-fn load<S: DeserializeOwned>(
-    into: &mut HashMap<String, KeyState<S>>,
-    states: BTreeMap<String, Raw>,
-) -> Result<(), RestoreError> {
-    for (key, v) in states {
-        let ks = v.parse().map_err(|e| RestoreError::corrupt(format!("snapshot state of key '{key}': {e}")))?;
-        into.insert(key, ks);
+/// No key may hold an input the checkpoint has not passed: a state newer
+/// than its checkpoint would apply that input twice. (Checked as each key is
+/// set: checkpoints only move forward, so the key stays valid.)
+fn check(key: &str, offsets: &Offsets, checkpoint: &BTreeMap<String, i64>) -> Result<(), RestoreError> {
+    for (input, offset) in offsets.iter() {
+        match checkpoint.get(input) {
+            Some(next) if offset < *next => {}
+            next => {
+                return Err(RestoreError::corrupt(format!(
+                    "key '{key}' applied {input} offset {offset} but the checkpoint is {next:?}"
+                )))
+            }
+        }
     }
     Ok(())
 }

@@ -89,11 +89,18 @@ impl<W: Worker> Runtime<W> {
         }
         // Poison never reaches the worker; it counts as a DLQ outcome all the same.
         metrics.processed.with_label_values(&[Outcome::DLQ]).inc_by(outbox.len() as u64);
-        let (mut states, batch_no) = {
+        let (mut store, batch_no) = {
             let mut t = lock(&self.tasks);
             let Some(task) = t.get_mut(&p) else { return Ok(None) };
             task.next_batch += 1;
-            (std::mem::take(&mut task.states), task.next_batch - 1)
+            (std::mem::take(&mut task.store), task.next_batch - 1)
+        };
+        let mut states = match tokio::task::block_in_place(|| store.checkout(inputs.iter().map(|i| i.key.as_str()))) {
+            Ok(states) => states,
+            Err(e) => {
+                self.put_back(p, store);
+                return Err(anyhow::Error::new(e).context(format!("reading the states of partition {p}'s batch")));
+            }
         };
         let occurred: Vec<i64> = inputs.iter().map(|i| i.event.metadata().occurred_at).collect();
         let decoded_at = Instant::now();
@@ -107,7 +114,8 @@ impl<W: Worker> Runtime<W> {
                     Ok(Ok(v)) => v,
                     Ok(Err(e)) => anyhow::bail!("encoding {} for {topic}: {e}", o.event.record_name()),
                     Err(stopping) => {
-                        self.put_back(p, states);
+                        // The batch is abandoned: its states never reach the store.
+                        self.put_back(p, store);
                         return Err(stopping);
                     }
                 };
@@ -145,6 +153,7 @@ impl<W: Worker> Runtime<W> {
             p,
             batch: batch_no,
             inputs: msgs.len(),
+            store,
             states,
             outbox,
             output_types,
@@ -160,7 +169,8 @@ impl<W: Worker> Runtime<W> {
     /// returns the group offsets that may be committed now.
     pub(super) async fn write(&self, d: Decided<W::State>) -> anyhow::Result<Vec<GroupOffset>> {
         let (cfg, metrics) = (&self.cfg, &self.metrics);
-        let Decided { p, batch: batch_no, inputs, states, outbox, output_types, checkpoint, offsets, changed, .. } = d;
+        let Decided { p, batch: batch_no, inputs, mut store, states, outbox, output_types, checkpoint, offsets, changed, .. } =
+            d;
         let [started, decoded_at, decided_at, encoded_at] = d.timings;
         let stamp = lock(&self.tasks).get(&p).map(Task::stamp).unwrap_or_default();
         let topic = self.state_topic.as_str();
@@ -170,25 +180,31 @@ impl<W: Worker> Runtime<W> {
         // changelog is the one difference.) Inside a transaction the outputs
         // commit with the record, so it carries no outbox and nothing waits.
         let (mut written, mut records) = (0, 0);
+        let mut recorded_at_offsets = vec![];
+        let mut staged = vec![];
         let previous = lock(&self.tasks).get_mut(&p).and_then(|t| t.unacked.take());
         let mut committable = match cfg.guarantee {
             Guarantee::EffectivelyOnce => {
                 let log = decision_records(topic, p, batch_no, &checkpoint, &outbox, &changed, stamp)?;
                 written = log.iter().map(|o| o.value.len() as u64).sum();
                 let (recorded, settled) = futures::join!(send_all(&self.producer, &log), self.settle(p, previous));
-                records = recorded?.len() as u64;
+                recorded_at_offsets = recorded?;
+                records = recorded_at_offsets.len() as u64;
                 settled?
             }
             Guarantee::ExactlyOnce => {
                 let log = decision_records(topic, p, batch_no, &checkpoint, &[], &changed, stamp)?;
                 for o in &log {
                     written += o.value.len() as u64;
-                    enqueue(&self.producer, o).await?;
+                    staged.push(enqueue(&self.producer, o).await?);
                 }
                 vec![]
             }
             Guarantee::AtLeastOnce => self.settle(p, previous).await?,
         };
+        // The states go back to the store; they reach its disk once the
+        // batch's records are acknowledged (here) or its transaction commits.
+        store.checkin(states, changed.keys());
         let recorded_at = Instant::now();
         // 2. Publish it: hand the outputs to the producer and go on; the next
         // batch (or idleness, a snapshot, shutdown, a revoke) waits for their
@@ -224,7 +240,7 @@ impl<W: Worker> Runtime<W> {
             metrics.produced.with_label_values(&[o.topic.as_str(), ty]).inc();
         }
         metrics.checkpoints.inc();
-        let due = {
+        let (due, position) = {
             let mut t = lock(&self.tasks);
             let Some(task) = t.get_mut(&p) else { return Ok(committable) };
             task.checkpoint.extend(checkpoint);
@@ -232,16 +248,63 @@ impl<W: Worker> Runtime<W> {
             task.ownership.written += records;
             task.pending += d.pending_delta;
             task.unacked = unacked;
-            task.since_snapshot >= cfg.snapshot_interval_bytes.max(task.snapshot_bytes)
+            task.staged.extend(staged);
+            let mut position = None;
+            if let (Some(&first), Some(&last)) = (recorded_at_offsets.iter().min(), recorded_at_offsets.iter().max()) {
+                task.ownership.saw(last);
+                // A batch whose outputs are not acknowledged yet is read
+                // again by a restore from the store (and re-published unless marked).
+                let from = if outbox.is_empty() { last + 1 } else { first };
+                position = Some(task.position(&self.site, p, last, from));
+            }
+            (task.since_snapshot >= cfg.snapshot_interval_bytes.max(task.snapshot_bytes), position)
         };
+        if let Some(position) = position {
+            tokio::task::block_in_place(|| store.persist(position))
+                .with_context(|| format!("writing partition {p}'s states to the local store"))?;
+        }
         if due && cfg.guarantee.records() {
             // A snapshot stands for published batches only.
             let last = lock(&self.tasks).get_mut(&p).and_then(|t| t.unacked.take());
             committable.extend(self.settle(p, last).await?);
-            self.snapshot(p, batch_no, &states).await?;
+            if let Some(marker) = self.snapshot(p, batch_no, &store).await? {
+                if cfg.guarantee == Guarantee::EffectivelyOnce {
+                    // Everything up to the marker is in the store: a restart
+                    // reads nothing below it (the trim may delete it).
+                    let position = lock(&self.tasks).get(&p).map(|t| t.position(&self.site, p, marker, marker + 1));
+                    if let Some(position) = position {
+                        tokio::task::block_in_place(|| store.persist(position))
+                            .with_context(|| format!("writing partition {p}'s store position"))?;
+                    }
+                }
+            }
         }
-        self.put_back(p, states);
+        self.put_back(p, store);
         Ok(committable)
+    }
+
+    /// Exactly-once: once the transaction committed, each task's local
+    /// store gets the batch's states, naming the last record it wrote.
+    pub(super) async fn persist_committed(&self) -> anyhow::Result<()> {
+        let staged: Vec<(i32, Vec<rdkafka::producer::DeliveryFuture>)> = lock(&self.tasks)
+            .iter_mut()
+            .filter(|(_, t)| !t.staged.is_empty())
+            .map(|(p, t)| (*p, std::mem::take(&mut t.staged)))
+            .collect();
+        for (p, deliveries) in staged {
+            let mut last = None;
+            for d in futures::future::join_all(deliveries).await {
+                last = last.max(Some(delivered(Some(d), format_args!("a changelog record of partition {p}"))?));
+            }
+            let Some(last) = last else { continue };
+            let mut tasks = lock(&self.tasks);
+            let Some(task) = tasks.get_mut(&p) else { continue };
+            task.ownership.saw(last);
+            let position = task.position(&self.site, p, last, last + 1);
+            tokio::task::block_in_place(|| task.store.persist(position))
+                .with_context(|| format!("writing partition {p}'s states to the local store"))?;
+        }
+        Ok(())
     }
 
     /// Waits until `unacked`'s outputs are acknowledged, then marks its batch

@@ -75,6 +75,8 @@ pub struct RuntimeConfig {
     /// Write a batch's partition tasks one after the other, not together
     /// (A/B measurements).
     pub serial_task_writes: bool,
+    /// Where tasks keep their keys' states.
+    pub store: crate::store::StoreConfig,
 }
 
 impl RuntimeConfig {
@@ -89,6 +91,9 @@ impl RuntimeConfig {
         }
         if self.max_in_flight == 0 || self.max_batch == 0 {
             return Err("--max-in-flight and --max-batch must be at least 1".into());
+        }
+        if self.store.cache_keys == 0 {
+            return Err("--state-cache-keys must be at least 1".into());
         }
         Ok(())
     }

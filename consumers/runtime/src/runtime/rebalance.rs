@@ -18,12 +18,14 @@ pub(super) struct Ctx<W: Worker> {
     pub(super) producer: FutureProducer<Quiet>,
     /// The worker's changelog topic.
     pub(super) state_topic: String,
+    /// Where tasks keep their states.
+    pub(super) site: Arc<StoreSite>,
 }
 
 impl<W: Worker> Ctx<W> {
     fn publish_gauges(&self, tasks: &HashMap<i32, Task<W::State>>) {
         self.metrics.assigned.set(tasks.len() as i64);
-        self.metrics.state_keys.set(tasks.values().map(|t| t.states.len() as i64).sum());
+        self.metrics.state_keys.set(tasks.values().map(|t| t.store.len() as i64).sum());
         self.metrics.pending.set(tasks.values().map(|t| t.pending).sum());
     }
 
@@ -77,7 +79,10 @@ impl<W: Worker> Ctx<W> {
         for p in partitions.iter().copied() {
             let started = Instant::now();
             let restored = match claims.get(&p) {
-                Some(c) => restore_with_retry(&*self.worker, &self.cfg, p, &self.metrics, Restore::Claimed(*c)),
+                Some(c) => self.site.open(p, partitions.len()).and_then(|store| {
+                    let how = Restore::Claimed(*c);
+                    restore_with_retry(&*self.worker, &self.cfg, &self.site, p, &self.metrics, how, store)
+                }),
                 None => Ok((Task::empty(), RestoreStats { republished: 0 })),
             };
             match restored {
@@ -139,22 +144,34 @@ impl<W: Worker> Ctx<W> {
         // Mark what the flush published, so the next owner re-publishes nothing.
         let mut committable = vec![];
         let mut marked = false;
+        let mut gone = vec![];
         for p in &released {
             let Some(mut task) = tasks.remove(p) else { continue };
-            let Some(u) = task.unacked.take() else { continue };
-            // Never wait here: what the flush did not deliver stays unmarked.
-            let acked =
-                u.deliveries.into_iter().all(|d| matches!(futures::FutureExt::now_or_never(d), Some(Ok(Ok(_)))));
-            if !acked {
-                continue;
+            if let Some(u) = task.unacked.take() {
+                // Never wait here: what the flush did not deliver stays unmarked.
+                let acked =
+                    u.deliveries.into_iter().all(|d| matches!(futures::FutureExt::now_or_never(d), Some(Ok(Ok(_)))));
+                if !acked {
+                    task.unacked = Some(Unacked { batch: u.batch, deliveries: vec![], offsets: vec![] });
+                } else {
+                    committable.extend(u.offsets);
+                    if self.cfg.guarantee.records() {
+                        if let Some((_, d)) = queue_published(&self.producer, &self.state_topic, *p, u.batch, task.stamp()) {
+                            task.ownership.queued.push(d);
+                            marked = true;
+                        }
+                    }
+                }
             }
-            committable.extend(u.offsets);
-            if self.cfg.guarantee.records() {
-                marked |= queue_published(&self.producer, &self.state_topic, *p, u.batch, task.stamp()).is_some();
-            }
+            gone.push((*p, task));
         }
         if marked {
             let _ = self.producer.flush(Duration::from_secs(10));
+        }
+        // A store that reflects everything its owner wrote lets this member,
+        // if the partition comes back, read nothing before its next claim.
+        for (p, mut task) in gone {
+            task.persist_released(&self.site, p);
         }
         commit_offsets(consumer, &committable, CommitMode::Sync);
         if incremental {

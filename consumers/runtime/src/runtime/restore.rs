@@ -16,11 +16,15 @@ pub(super) struct RestoreStats {
 pub(super) fn restore_with_retry<W: Worker>(
     worker: &W,
     cfg: &RuntimeConfig,
+    site: &StoreSite,
     p: i32,
     metrics: &WorkerMetrics,
     how: Restore,
+    mut store: Store<W::State>,
 ) -> anyhow::Result<(Task<W::State>, RestoreStats)> {
-    with_retry(&format!("restoring partition {p}"), metrics, || restore_task(worker, cfg, p, metrics, how))
+    with_retry(&format!("restoring partition {p}"), metrics, || {
+        restore_task(worker, cfg, site, p, metrics, how, &mut store)
+    })
 }
 
 /// Runs `attempt` until it succeeds, retrying failures with capped backoff
@@ -64,7 +68,7 @@ pub(super) enum Restore {
     /// An exactly-once rollback's: up to the last stable offset, as the
     /// same owner (no new claim: a claim written by a member that may have
     /// lost the partition meanwhile would fence its new owner).
-    Rollback { lineage: Option<i64> },
+    Rollback { lineage: Option<i64>, base: Option<i64> },
 }
 
 /// Another member claimed the partition after this one: it lost it.
@@ -384,43 +388,87 @@ impl changelog::Source for ChangelogSource<'_> {
 /// rules of [`changelog::restore`], and re-publishes what was decided but
 /// not published. A changelog that breaks the protocol stops the task with
 /// the reason: it never runs on a state older than its checkpoint.
+///
+/// A disk store that belongs to this changelog continues from where it
+/// stands (reading only the records past it: none after a clean stop);
+/// one that is missing, partly written, ahead of the changelog, behind its
+/// trimmed start or written from another changelog is rebuilt from the
+/// latest snapshot.
 pub(super) fn restore_task<W: Worker>(
     worker: &W,
     cfg: &RuntimeConfig,
+    site: &StoreSite,
     p: i32,
     metrics: &WorkerMetrics,
     how: Restore,
+    store: &mut Store<W::State>,
 ) -> anyhow::Result<(Task<W::State>, RestoreStats)> {
     let name = worker.name();
     let started = Instant::now();
-    let topic = cfg.names.get(&state_topic(name));
-    let mut source = ChangelogSource::open(cfg, &topic, p, Some(metrics))?;
-    let (base, end, lineage) = match how {
-        Restore::Claimed(c) => (c.base, c.offset, Some(c.offset)),
-        Restore::Rollback { lineage } => (source.start_pointer()?, source.high, lineage),
+    let topic = site.topic.as_str();
+    let mut source = ChangelogSource::open(cfg, topic, p, Some(metrics))?;
+    let (base, end, lineage, claim_base) = match how {
+        Restore::Claimed(c) => (c.base, c.offset, Some(c.offset), c.base),
+        Restore::Rollback { lineage, base } => (source.start_pointer()?, source.high, lineage, base),
     };
-    let restored = match changelog::restore::<W::State>(&mut source, base, end) {
-        Ok(r) => r,
-        Err(RestoreError::Read(e)) => return Err(e.context(format!("restoring {topic}[{p}]"))),
-        Err(corrupt) => return Err(Unrestorable(format!("{topic}[{p}]: {corrupt}")).into()),
+    let position = store.position().cloned();
+    let disk = store.is_disk();
+    let mut states = Pending { store, worker, sum: 0 };
+    let resumed = match resumable(cfg, &source, site, p, position.as_ref(), end) {
+        Ok(resume) => {
+            states.sum = position.as_ref().map_or(0, |pos| pos.pending);
+            match changelog::resume::<W::State>(&mut source, resume, end, &mut states) {
+                Ok(r) => Some(r),
+                Err(RestoreError::Read(e)) => return Err(e.context(format!("restoring {topic}[{p}]"))),
+                Err(why) => {
+                    tracing::warn!(worker = name, partition = p, reason = %why, "the local store cannot be continued; rebuilding it from the latest snapshot");
+                    None
+                }
+            }
+        }
+        Err(why) => {
+            if disk {
+                tracing::info!(worker = name, partition = p, reason = %why, "rebuilding the local store from the latest snapshot");
+            }
+            None
+        }
     };
+    let from_store = resumed.is_some();
+    let restored = match resumed {
+        Some(r) => r,
+        None => {
+            states.sum = 0;
+            match changelog::restore_into::<W::State>(&mut source, base, end, &mut states) {
+                Ok(r) => r,
+                Err(RestoreError::Read(e)) => return Err(e.context(format!("restoring {topic}[{p}]"))),
+                Err(corrupt) => return Err(Unrestorable(format!("{topic}[{p}]: {corrupt}")).into()),
+            }
+        }
+    };
+    let pending = states.sum;
+    if disk {
+        let result = if from_store { metrics::STORE_RESUMED } else { metrics::STORE_REBUILT };
+        metrics.store_starts.with_label_values(&[result]).inc();
+    }
     if let (Restore::Rollback { .. }, Some(claim)) = (how, restored.lineage.filter(|l| Some(*l) != lineage)) {
         return Err(Claimed { partition: p, claim }.into());
     }
     let producer: FutureProducer<Quiet> = client_config(&cfg.kafka, PRODUCER_DEFAULTS)?.create_with_context(Quiet)?;
     let stamp = Stamp { snapshot: base, lineage };
-    let states = restored.states;
-    let pending = states.values().map(|ks| worker.pending(&ks.state) as i64).sum();
     let republished = restored.unpublished.iter().map(|(_, o)| o.len() as u64).sum();
     // Checked up to the claim itself (a rollback's owner is not checked).
     let mut ownership = Ownership::new(lineage.unwrap_or(end - 1));
+    if let Some(proof) = restored.proof {
+        ownership.saw(proof);
+    }
     if !restored.unpublished.is_empty() {
-        futures::executor::block_on(async {
+        let outputs = futures::executor::block_on(async {
+            let mut outputs = vec![];
             for (batch, outbox) in &restored.unpublished {
                 for o in outbox {
-                    enqueue(&producer, &Outgoing::outbox(o)).await?;
+                    outputs.push(enqueue(&producer, &Outgoing::outbox(o)).await?);
                 }
-                ownership.queued.push(enqueue(&producer, &Outgoing::published(&topic, p, *batch, stamp)?).await?);
+                ownership.queued.push(enqueue(&producer, &Outgoing::published(topic, p, *batch, stamp)?).await?);
                 tracing::warn!(
                     worker = name,
                     partition = p,
@@ -429,9 +477,12 @@ pub(super) fn restore_task<W: Worker>(
                     "re-published an unpublished outbox"
                 );
             }
-            anyhow::Ok(())
+            anyhow::Ok(outputs)
         })?;
         producer.flush(Duration::from_secs(60))?;
+        for d in outputs {
+            delivered(futures::FutureExt::now_or_never(d), format_args!("a re-published output of {topic}[{p}]"))?;
+        }
     }
     if restored.fenced > 0 {
         tracing::warn!(
@@ -441,24 +492,103 @@ pub(super) fn restore_task<W: Worker>(
             "skipped changelog records a previous owner wrote after losing the partition"
         );
     }
-    tracing::info!(
-        worker = name, partition = p, keys = states.len(), records = source.records, bytes = source.bytes, from_snapshot = ?base,
-        lineage = ?lineage, took = ?started.elapsed(), dropped_tail = restored.dropped_tail, "task restored"
-    );
-    let task = Task {
-        states,
+    let (since_snapshot, snapshot_bytes) = match (&position, from_store) {
+        (Some(pos), true) => (pos.since_snapshot + source.bytes, pos.snapshot_bytes),
+        _ => (source.bytes - source.snapshot_bytes, source.snapshot_bytes),
+    };
+    let mut task = Task {
+        store: std::mem::take(states.store),
         next_batch: restored.last_batch + 1,
         checkpoint: restored.checkpoint,
         snapshot: base,
         lineage,
+        base: claim_base,
+        staged: vec![],
         ownership,
-        since_snapshot: source.bytes - source.snapshot_bytes,
-        snapshot_bytes: source.snapshot_bytes,
+        since_snapshot,
+        snapshot_bytes,
         trim_after_commit: None,
         pending,
         unacked: None,
     };
+    tracing::info!(
+        worker = name, partition = p, keys = task.store.len(), records = source.records, bytes = source.bytes,
+        from_snapshot = ?base, from_store, lineage = ?lineage, took = ?started.elapsed(),
+        dropped_tail = restored.dropped_tail, "task restored"
+    );
+    if task.store.is_disk() {
+        // What was restored is on disk; a restart continues past the claim
+        // (a rollback: past the end it read).
+        let at = match how {
+            Restore::Claimed(c) => Some(c.offset),
+            Restore::Rollback { .. } => restored.proof.or(position.map(|pos| pos.at)),
+        };
+        if let Some(at) = at {
+            let position = task.position(site, p, at, end.max(at + 1));
+            task.store.persist(position).with_context(|| format!("writing {topic}[{p}]'s local store"))?;
+        }
+    }
     Ok((task, RestoreStats { republished }))
+}
+
+/// Whether a disk store can continue from where it stands: it has a
+/// position, belongs to this cluster's changelog partition, is not ahead of
+/// the changelog, and the record it names is there and its own.
+fn resumable(
+    cfg: &RuntimeConfig,
+    source: &ChangelogSource<'_>,
+    site: &StoreSite,
+    p: i32,
+    position: Option<&Position>,
+    end: i64,
+) -> Result<changelog::Resume, String> {
+    let Some(pos) = position else { return Err("it has no position (new, or cut short while rebuilt)".into()) };
+    pos.belongs_to(&site.cluster, &site.topic, p)?;
+    if pos.from > end || pos.at >= source.high {
+        return Err(format!(
+            "it is ahead of the changelog (it continues at offset {}, the changelog ends at {})",
+            pos.from, source.high
+        ));
+    }
+    if pos.at < source.low {
+        return Err(format!("the changelog now starts at offset {}, past its record {}", source.low, pos.at));
+    }
+    let record = (|| -> anyhow::Result<Option<Record>> {
+        let consumer = ChangelogSource::client(cfg)?;
+        let mut reader = ChangelogReader::open(consumer, &site.topic, p, (pos.at, pos.at + 1), false, source.txn)?;
+        let first = reader.next();
+        reader.finish()?;
+        Ok(first)
+    })()
+    .map_err(|e| format!("reading its record at offset {}: {e:#}", pos.at))?;
+    pos.proves(record.as_ref())?;
+    Ok(pos.resume())
+}
+
+/// The store as a restore fills it, keeping the sum of the worker's
+/// pending work over the keys up to date as their states change.
+struct Pending<'a, W: Worker> {
+    store: &'a mut Store<W::State>,
+    worker: &'a W,
+    sum: i64,
+}
+
+impl<W: Worker> changelog::Rebuild<W::State> for Pending<'_, W> {
+    fn put(&mut self, key: String, state: KeyState<W::State>, json: Option<&changelog::Raw>) -> Result<(), RestoreError> {
+        self.sum += self.worker.pending(&state.state) as i64;
+        self.store.put(key, state, json)
+    }
+
+    fn get(&mut self, key: &str) -> Result<KeyState<W::State>, RestoreError> {
+        let state = self.store.get(key)?;
+        self.sum -= self.worker.pending(&state.state) as i64;
+        Ok(state)
+    }
+
+    fn clear(&mut self) -> Result<(), RestoreError> {
+        self.sum = 0;
+        self.store.clear()
+    }
 }
 
 /// A changelog that breaks the protocol: retrying the restore will not help.

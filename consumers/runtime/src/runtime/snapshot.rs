@@ -51,30 +51,28 @@ impl<W: Worker> Runtime<W> {
         }
     }
 
-    pub(super) fn put_back(&self, p: i32, states: HashMap<String, KeyState<W::State>>) {
+    pub(super) fn put_back(&self, p: i32, store: Store<W::State>) {
         if let Some(task) = lock(&self.tasks).get_mut(&p) {
-            task.states = states;
+            task.store = store;
         }
     }
 
     /// Writes every key's state as of `batch` (published) as snapshot parts,
     /// then points later records at it: the first record that carries the
     /// new pointer is a repeated `Published` marker of the same batch.
-    pub(super) async fn snapshot(
-        &self,
-        p: i32,
-        batch: u64,
-        states: &HashMap<String, KeyState<W::State>>,
-    ) -> anyhow::Result<()> {
+    /// Returns that marker's offset once it is acknowledged (effectively-once).
+    pub(super) async fn snapshot(&self, p: i32, batch: u64, store: &Store<W::State>) -> anyhow::Result<Option<i64>> {
         let started = Instant::now();
         let (checkpoint, old) = match lock(&self.tasks).get(&p) {
             Some(t) => (t.checkpoint.clone(), t.stamp()),
-            None => return Ok(()),
+            None => return Ok(None),
         };
         // Two passes over the keys (sizes, then parts), each part sent as soon
         // as it is built with a few in flight: memory stays at a few parts,
         // not a copy of the whole state.
-        let snapshot = changelog::SnapshotParts::new(batch, checkpoint, states, SNAPSHOT_PART_BYTES);
+        let sizes = tokio::task::block_in_place(|| store.sizes())?;
+        let keys = sizes.len();
+        let snapshot = changelog::SnapshotParts::new(batch, checkpoint, sizes, store.entries(), SNAPSHOT_PART_BYTES);
         let parts = snapshot.parts();
         let topic = self.state_topic.as_str();
         let mut in_flight = futures::stream::FuturesOrdered::new();
@@ -111,7 +109,7 @@ impl<W: Worker> Runtime<W> {
                     tasks.remove(&p);
                     self.metrics.assigned.set(tasks.len() as i64);
                     self.rejoin.store(true, Ordering::Relaxed);
-                    return Ok(());
+                    return Ok(None);
                 }
                 Err(e) => {
                     tracing::warn!(partition = p, error = %format!("{e:#}"), "could not check the partition's owner; the snapshot is not used");
@@ -119,7 +117,7 @@ impl<W: Worker> Runtime<W> {
                     if let Some(t) = lock(&self.tasks).get_mut(&p) {
                         t.since_snapshot = 0;
                     }
-                    return Ok(());
+                    return Ok(None);
                 }
             }
         }
@@ -130,7 +128,9 @@ impl<W: Worker> Runtime<W> {
         // the partition up to the marker; that check counts the marker as
         // this owner's record.
         let check_owner = !exactly_once && self.cfg.trim_changelog;
+        let marker_at = marked.first().copied();
         if let Some(t) = lock(&self.tasks).get_mut(&p) {
+            t.ownership.saw(offsets.iter().copied().max().unwrap_or(at).max(marker_at.unwrap_or(at)));
             t.snapshot = Some(at);
             t.snapshot_bytes = bytes;
             t.since_snapshot = 0;
@@ -142,12 +142,11 @@ impl<W: Worker> Runtime<W> {
             }
         }
         self.metrics.snapshots.inc();
-        tracing::info!(worker = self.worker.name(), partition = p, batch, offset = at, parts, keys = states.len(), bytes, took = ?started.elapsed(), "state snapshot written");
+        tracing::info!(worker = self.worker.name(), partition = p, batch, offset = at, parts, keys, bytes, took = ?started.elapsed(), "state snapshot written");
         if check_owner {
             // Every later claim's base is this snapshot or a newer one once no
             // claim came before the marker: the history below it is not needed.
-            let marker_at = marked.first().copied().unwrap_or(at);
-            match self.still_owner(p, 1, marker_at).await {
+            match self.still_owner(p, 1, marker_at.unwrap_or(at)).await {
                 Ok(None) => self.trim(&[(p, at)]).await,
                 Ok(_) => {}
                 Err(e) => {
@@ -155,7 +154,7 @@ impl<W: Worker> Runtime<W> {
                 }
             }
         }
-        Ok(())
+        Ok(marker_at)
     }
 
     /// Deletes each changelog partition's records below the offset given

@@ -44,6 +44,7 @@ impl<W: Worker> Runtime<W> {
         match committed {
             Ok(()) => {
                 self.metrics.transactions.with_label_values(&[metrics::TXN_COMMITTED]).inc();
+                self.persist_committed().await?;
                 let below: Vec<(i32, i64)> = lock(&self.tasks)
                     .iter_mut()
                     .filter_map(|(p, t)| t.trim_after_commit.take().map(|at| (*p, at)))
@@ -109,11 +110,21 @@ impl<W: Worker> Runtime<W> {
                 }
                 let started = Instant::now();
                 let task = loop {
-                    let lineage = lock(&self.tasks).get(&p).and_then(|t| t.lineage);
-                    let how = Restore::Rollback { lineage };
-                    let (task, _) = restore_with_retry(&*self.worker, &self.cfg, p, &self.metrics, how)?;
+                    // The store forgets what the transaction changed; a restore
+                    // continues it from the last committed batch.
+                    let (lineage, base, store) = match lock(&self.tasks).get_mut(&p) {
+                        Some(t) => {
+                            let mut store = std::mem::take(&mut t.store);
+                            store.discard();
+                            t.staged.clear();
+                            (t.lineage, t.base, store)
+                        }
+                        None => break None,
+                    };
+                    let how = Restore::Rollback { lineage, base };
+                    let (task, _) = restore_with_retry(&*self.worker, &self.cfg, &self.site, p, &self.metrics, how, store)?;
                     if task.next_batch >= next {
-                        break task;
+                        break Some(task);
                     }
                     if started.elapsed() > RESTORE_PATIENCE {
                         anyhow::bail!(
@@ -122,8 +133,12 @@ impl<W: Worker> Runtime<W> {
                             next - 1
                         );
                     }
+                    if let Some(t) = lock(&self.tasks).get_mut(&p) {
+                        t.store = task.store;
+                    }
                     std::thread::sleep(Duration::from_millis(200));
                 };
+                let Some(task) = task else { continue };
                 for (topic, offset) in resume_offsets(&self.cfg, p, &task) {
                     let offset = match offset {
                         Offset::Stored => committed_offset(consumer, &topic, p)?,
