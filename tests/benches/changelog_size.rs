@@ -37,6 +37,8 @@ async fn run(records: u64, keys: u64, guarantee: &str, keep_history: bool) -> Si
     let mut worker = std::process::Command::new(bin("worker"))
         .args(["counter", "-b", &stack.kafka.brokers, "--registry", &stack.registry.registry, "--delay", "0ms"])
         .args(&args)
+        .arg("--data-dir")
+        .arg(stack.data_dir.join("workers"))
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();

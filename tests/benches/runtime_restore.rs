@@ -35,6 +35,8 @@ fn spawn(stack: &Stack, extra: &[&str]) -> Worker {
         .args(["counter", "-b", &stack.kafka.brokers, "--registry", &stack.registry.registry])
         .args(["--instance-id", "bench", "--metrics-addr", &metrics.to_string(), "--max-in-flight", "64"])
         .args(extra)
+        .arg("--data-dir")
+        .arg(stack.data_dir.join("workers"))
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();

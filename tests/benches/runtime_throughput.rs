@@ -53,6 +53,8 @@ async fn run(records: u64, in_flight: u64, delay: &str, guarantee: &str) -> f64 
             "--guarantee",
             guarantee,
         ])
+        .arg("--data-dir")
+        .arg(stack.data_dir.join("workers"))
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();

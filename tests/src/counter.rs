@@ -130,9 +130,22 @@ pub fn spawn_worker_with(
     // Test defaults (small batches, a little simulated I/O); `extra` overrides them.
     let defaults = ["--max-batch", "200", "--delay", "2ms", "--max-in-flight", "4"];
     let membership: &[&str] = if instance.is_empty() { &[] } else { &["--instance-id", instance] };
+    // Each instance its own state dir beside its log (a restart of the same
+    // instance finds its store); a dynamic member a fresh one.
+    static DYNAMIC: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let name = match instance {
+        "" => format!("dynamic-{}", DYNAMIC.fetch_add(1, std::sync::atomic::Ordering::Relaxed)),
+        id => id.to_string(),
+    };
+    let state_dir = log.parent().unwrap_or(std::path::Path::new(".")).join("state").join(name);
+    let state: Vec<String> = match extra.contains(&"--state-dir") {
+        true => vec![],
+        false => vec!["--state-dir".into(), state_dir.display().to_string()],
+    };
     std::process::Command::new(bin("worker"))
         .args(["counter", "-b", brokers, "--registry", registry])
         .args(membership)
+        .args(&state)
         .args(defaults.chunks(2).filter(|d| !extra.contains(&d[0])).flatten())
         .args(extra)
         .stdout(std::process::Stdio::null())

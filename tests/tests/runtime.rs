@@ -423,9 +423,19 @@ async fn a_restart_restores_from_the_latest_snapshot_without_reading_the_whole_c
     let (want, _) = expected(count, 3);
     let want_total: usize = want.values().map(Vec::len).sum();
     let log = dir.path().join("worker.log");
-    // The whole history stays, so the restore could read it all.
-    let extra =
-        ["--snapshot-interval-bytes", "100000", "--max-batch", "50", "--delay", "0ms", "--keep-changelog-history"];
+    // The whole history stays, so the restore could read it all; the state
+    // lives in memory, so the restore rebuilds it from the changelog.
+    let extra = [
+        "--snapshot-interval-bytes",
+        "100000",
+        "--max-batch",
+        "50",
+        "--delay",
+        "0ms",
+        "--keep-changelog-history",
+        "--state-store",
+        "memory",
+    ];
     let mut w = spawn_worker_with(&brokers, &registry, "a", &log, &extra);
     let mut tail = Tail::new(&stack.kafka.brokers, "loyalty", 3);
     let deadline = Instant::now() + Duration::from_secs(300);

@@ -130,8 +130,11 @@ impl WorkerMetrics {
             ),
             first_record_seconds: reg(
                 &registry,
-                prometheus::Gauge::new(n::WORKER_FIRST_RECORD_SECONDS, "Seconds from start to the first processed input.")
-                    .expect("valid metric"),
+                prometheus::Gauge::new(
+                    n::WORKER_FIRST_RECORD_SECONDS,
+                    "Seconds from start to the first processed input.",
+                )
+                .expect("valid metric"),
             ),
             registry,
         };

@@ -208,7 +208,19 @@ impl StateDir {
         lock.rewind().map_err(io("cannot write its lock file"))?;
         writeln!(lock, "pid {} on {}", std::process::id(), host.trim()).map_err(io("cannot write its lock file"))?;
         let engine = |e: fjall::Error| StoreError::Engine { why: e.to_string(), dir: path.to_path_buf() };
-        let db = fjall::Database::builder(path.join("db")).cache_size(block_cache_bytes).open().map_err(engine)?;
+        let open = || fjall::Database::builder(path.join("db")).cache_size(block_cache_bytes).open();
+        let db = match open() {
+            Ok(db) => db,
+            Err(e) => {
+                // A store that does not open (damaged files) is set aside and
+                // every task is rebuilt from the changelog, its source of truth.
+                let aside = path.join("db.damaged");
+                tracing::warn!(dir = %path.display(), error = %e, aside = %aside.display(), "the local state store does not open; setting it aside and rebuilding every task from the changelog");
+                let _ = std::fs::remove_dir_all(&aside);
+                std::fs::rename(path.join("db"), &aside).map_err(io("cannot set a damaged store aside"))?;
+                open().map_err(engine)?
+            }
+        };
         let meta = db.keyspace("meta", fjall::KeyspaceCreateOptions::default).map_err(engine)?;
         Ok(Arc::new(StateDir { path: path.to_path_buf(), db, meta, _lock: lock }))
     }
@@ -334,6 +346,17 @@ impl<S> Store<S> {
         match &self.kind {
             Kind::Memory(_) => None,
             Kind::Disk(d) => d.position.as_ref(),
+        }
+    }
+
+    /// Forgets the disk store's position: its next start rebuilds it (a
+    /// store that failed to read).
+    pub fn forget_position(&mut self) {
+        if let Kind::Disk(d) = &mut self.kind {
+            d.position = None;
+            if let Err(e) = d.dir.meta.remove(d.meta_key.as_str()) {
+                tracing::warn!(error = %e, "could not mark the local store for a rebuild");
+            }
         }
     }
 
@@ -468,7 +491,9 @@ impl<S: Serialize + DeserializeOwned + Default> Store<S> {
     /// stored, changes not yet persisted in their place).
     pub fn entries(&self) -> Box<dyn Iterator<Item = Result<(String, Raw), StoreError>> + '_> {
         fn encode<S: Serialize>(k: &str, s: &KeyState<S>) -> Result<(String, Raw), StoreError> {
-            Raw::of(s).map(|raw| (k.to_string(), raw)).map_err(|source| StoreError::Decode { key: k.to_string(), source })
+            Raw::of(s)
+                .map(|raw| (k.to_string(), raw))
+                .map_err(|source| StoreError::Decode { key: k.to_string(), source })
         }
         match &self.kind {
             Kind::Memory(m) => Box::new(m.iter().map(|(k, s)| encode(k, s))),

@@ -126,6 +126,9 @@ impl Pipeline {
             .args(self.kafka.to_flags())
             .args(["--registry", &self.registry.registry])
             .args(["--instance-id", &p.instance, "--metrics-addr", &p.metrics.to_string()])
+            // Each instance's state dir is <data-dir>/<worker>-<instance-id>.
+            .arg("--data-dir")
+            .arg(p.log.parent().unwrap_or(std::path::Path::new(".")).join("state"))
             .args(&self.worker_args)
             .env_remove("KAFKA_BROKERS")
             .env_remove("KAFKA_CONFIG_FILE")

@@ -343,7 +343,13 @@ impl<'s, S: DeserializeOwned + Default + Clone> Walker<'s, S> {
     }
 
     /// Reads `[from, end)`, following redirects and other owners' claims.
-    fn walk(&mut self, source: &mut dyn Source, mut from: Option<i64>, end: i64, reads: &mut usize) -> Result<(), RestoreError> {
+    fn walk(
+        &mut self,
+        source: &mut dyn Source,
+        mut from: Option<i64>,
+        end: i64,
+        reads: &mut usize,
+    ) -> Result<(), RestoreError> {
         loop {
             *reads += 1;
             if *reads > MAX_READS {
@@ -364,7 +370,9 @@ impl<'s, S: DeserializeOwned + Default + Clone> Walker<'s, S> {
             match step {
                 Step::Go => {
                     if let Some(o) = self.expect {
-                        return Err(RestoreError::corrupt(format!("no snapshot at offset {o}, where the restore starts")));
+                        return Err(RestoreError::corrupt(format!(
+                            "no snapshot at offset {o}, where the restore starts"
+                        )));
                     }
                     if let Some((batch, next, parts, _)) = self.loading {
                         if next < parts {

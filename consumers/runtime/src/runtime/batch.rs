@@ -98,6 +98,8 @@ impl<W: Worker> Runtime<W> {
         let mut states = match tokio::task::block_in_place(|| store.checkout(inputs.iter().map(|i| i.key.as_str()))) {
             Ok(states) => states,
             Err(e) => {
+                // The next start rebuilds this store from the changelog.
+                store.forget_position();
                 self.put_back(p, store);
                 return Err(anyhow::Error::new(e).context(format!("reading the states of partition {p}'s batch")));
             }
@@ -169,8 +171,19 @@ impl<W: Worker> Runtime<W> {
     /// returns the group offsets that may be committed now.
     pub(super) async fn write(&self, d: Decided<W::State>) -> anyhow::Result<Vec<GroupOffset>> {
         let (cfg, metrics) = (&self.cfg, &self.metrics);
-        let Decided { p, batch: batch_no, inputs, mut store, states, outbox, output_types, checkpoint, offsets, changed, .. } =
-            d;
+        let Decided {
+            p,
+            batch: batch_no,
+            inputs,
+            mut store,
+            states,
+            outbox,
+            output_types,
+            checkpoint,
+            offsets,
+            changed,
+            ..
+        } = d;
         let [started, decoded_at, decided_at, encoded_at] = d.timings;
         let stamp = lock(&self.tasks).get(&p).map(Task::stamp).unwrap_or_default();
         let topic = self.state_topic.as_str();

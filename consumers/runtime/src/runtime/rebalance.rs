@@ -156,7 +156,9 @@ impl<W: Worker> Ctx<W> {
                 } else {
                     committable.extend(u.offsets);
                     if self.cfg.guarantee.records() {
-                        if let Some((_, d)) = queue_published(&self.producer, &self.state_topic, *p, u.batch, task.stamp()) {
+                        if let Some((_, d)) =
+                            queue_published(&self.producer, &self.state_topic, *p, u.batch, task.stamp())
+                        {
                             task.ownership.queued.push(d);
                             marked = true;
                         }

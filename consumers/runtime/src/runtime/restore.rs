@@ -574,7 +574,12 @@ struct Pending<'a, W: Worker> {
 }
 
 impl<W: Worker> changelog::Rebuild<W::State> for Pending<'_, W> {
-    fn put(&mut self, key: String, state: KeyState<W::State>, json: Option<&changelog::Raw>) -> Result<(), RestoreError> {
+    fn put(
+        &mut self,
+        key: String,
+        state: KeyState<W::State>,
+        json: Option<&changelog::Raw>,
+    ) -> Result<(), RestoreError> {
         self.sum += self.worker.pending(&state.state) as i64;
         self.store.put(key, state, json)
     }

@@ -122,7 +122,8 @@ impl<W: Worker> Runtime<W> {
                         None => break None,
                     };
                     let how = Restore::Rollback { lineage, base };
-                    let (task, _) = restore_with_retry(&*self.worker, &self.cfg, &self.site, p, &self.metrics, how, store)?;
+                    let (task, _) =
+                        restore_with_retry(&*self.worker, &self.cfg, &self.site, p, &self.metrics, how, store)?;
                     if task.next_batch >= next {
                         break Some(task);
                     }
