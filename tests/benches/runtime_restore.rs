@@ -16,46 +16,16 @@
 //! Run: `cargo build --release --bins && cargo bench -p keyflow-e2e --bench runtime_restore`.
 //! Writes its section of BENCHMARKS.md.
 
-use std::time::{Duration, Instant};
-
-use keyflow_devstack::pipeline::{free_port, get, metric_sum};
+use keyflow_devstack::pipeline::{get, metric_sum};
 use keyflow_devstack::stack::Stack;
-use keyflow_e2e::bench::{bin, counter_stack, env, produce_orders};
+use keyflow_e2e::bench::{
+    counter_stack, env, high_watermark, produce_orders, ready_metrics, rss_mib, spawn_counter, until_outputs, Worker,
+};
 use keyflow_schemas::metrics as m;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 
-struct Worker {
-    child: std::process::Child,
-    metrics: std::net::SocketAddr,
-}
-
+/// The in-memory store: this benchmark is its baseline (see `state_store`).
 fn spawn(stack: &Stack, extra: &[&str]) -> Worker {
-    let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
-    let child = std::process::Command::new(bin("worker"))
-        .args(["counter", "-b", &stack.kafka.brokers, "--registry", &stack.registry.registry])
-        .args(["--instance-id", "bench", "--metrics-addr", &metrics.to_string(), "--max-in-flight", "64"])
-        .args(extra)
-        .arg("--data-dir")
-        .arg(stack.data_dir.join("workers"))
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    Worker { child, metrics }
-}
-
-fn high_watermark(stack: &Stack, topic: &str) -> i64 {
-    let c: BaseConsumer =
-        keyflow_schemas::kafka::client_config(&stack.kafka, &[("group.id", "bench")]).unwrap().create().unwrap();
-    c.fetch_watermarks(topic, 0, Duration::from_secs(10)).unwrap().1
-}
-
-/// Waits until the worker has produced `outputs` records in all.
-async fn until_outputs(stack: &Stack, outputs: i64) {
-    let deadline = Instant::now() + Duration::from_secs(3600);
-    while high_watermark(stack, "loyalty") < outputs {
-        assert!(Instant::now() < deadline, "the worker did not finish");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    spawn_counter(stack, &[extra, &["--state-store", "memory"]].concat())
 }
 
 /// A restore as the worker reports it: seconds, changelog records and bytes read, keys restored.
@@ -72,14 +42,7 @@ async fn restart(stack: &Stack, w: &mut Worker, extra: &[&str]) -> Restore {
     let _ = w.child.kill();
     let _ = w.child.wait();
     *w = spawn(stack, extra);
-    let deadline = Instant::now() + Duration::from_secs(1800);
-    let text = loop {
-        assert!(Instant::now() < deadline, "the worker did not get ready");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        if get(w.metrics, "/ready").await.is_some_and(|(c, _)| c == 200) {
-            break get(w.metrics, "/metrics").await.unwrap().1;
-        }
-    };
+    let text = ready_metrics(w).await;
     Restore {
         seconds: metric_sum(&text, &format!("{}_sum", m::WORKER_RESTORE_SECONDS), None),
         records: metric_sum(&text, m::WORKER_RESTORE_RECORDS, None),
@@ -87,17 +50,6 @@ async fn restart(stack: &Stack, w: &mut Worker, extra: &[&str]) -> Restore {
         keys: metric_sum(&text, m::WORKER_STATE_KEYS, None),
         changelog_records: high_watermark(stack, "counter-state"),
     }
-}
-
-fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kib: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
-    kib / 1024.0
 }
 
 fn row(name: &str, r: &Restore) -> String {

@@ -161,6 +161,71 @@ pub mod bench {
         100.0 * after.0.saturating_sub(before.0) as f64 / total as f64
     }
 
+    /// A `worker counter` process started by a benchmark, with its metrics address.
+    pub struct Worker {
+        pub child: std::process::Child,
+        pub metrics: std::net::SocketAddr,
+    }
+
+    /// Starts `worker counter` as static member `bench` (its state under the
+    /// stack's data dir), serving metrics on a free port.
+    pub fn spawn_counter(stack: &Stack, extra: &[&str]) -> Worker {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let child = std::process::Command::new(bin("worker"))
+            .args(["counter", "-b", &stack.kafka.brokers, "--registry", &stack.registry.registry])
+            .args(["--instance-id", "bench", "--metrics-addr", &metrics.to_string(), "--max-in-flight", "64"])
+            .arg("--data-dir")
+            .arg(stack.data_dir.join("workers"))
+            .args(extra)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        Worker { child, metrics }
+    }
+
+    /// Partition 0's high watermark.
+    pub fn high_watermark(stack: &Stack, topic: &str) -> i64 {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let c: BaseConsumer =
+            keyflow_schemas::kafka::client_config(&stack.kafka, &[("group.id", "bench")]).unwrap().create().unwrap();
+        c.fetch_watermarks(topic, 0, std::time::Duration::from_secs(10)).unwrap().1
+    }
+
+    /// Waits until the worker has produced `outputs` records in all.
+    pub async fn until_outputs(stack: &Stack, outputs: i64) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3600);
+        while high_watermark(stack, "loyalty") < outputs {
+            assert!(std::time::Instant::now() < deadline, "the worker did not finish");
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The worker's metrics page once it is ready.
+    pub async fn ready_metrics(w: &Worker) -> String {
+        use keyflow_devstack::pipeline::get;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1800);
+        loop {
+            assert!(std::time::Instant::now() < deadline, "the worker did not get ready");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            if get(w.metrics, "/ready").await.is_some_and(|(c, _)| c == 200) {
+                return get(w.metrics, "/metrics").await.unwrap().1;
+            }
+        }
+    }
+
+    /// Resident memory of process `pid`, MiB.
+    pub fn rss_mib(pid: u32) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let kib: f64 = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        kib / 1024.0
+    }
+
     /// Replaces (or appends) the section between `<!-- name -->` markers.
     pub fn write_section(name: &str, body: &str) {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../BENCHMARKS.md");
