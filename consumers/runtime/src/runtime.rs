@@ -169,11 +169,11 @@ impl Ownership {
     /// Counts the queued records already answered.
     fn reap(&mut self) {
         let mut pending = Vec::with_capacity(self.queued.len());
-        for mut d in self.queued.drain(..) {
+        for mut d in std::mem::take(&mut self.queued) {
             match futures::FutureExt::now_or_never(&mut d) {
                 Some(Ok(Ok(delivery))) => {
                     self.written += 1;
-                    self.last = self.last.max(delivery.offset);
+                    self.saw(delivery.offset);
                 }
                 Some(_) => {}
                 None => pending.push(d),
@@ -513,23 +513,21 @@ fn open_stores(cfg: &RuntimeConfig, topic: &str) -> anyhow::Result<StoreSite> {
     Ok(StoreSite { dir, cache_keys: cfg.store.cache_keys, cluster, topic: topic.to_string() })
 }
 
-impl<W: Worker> Runtime<W> {
-    /// The store gauges: keys held, bytes on disk, cache lookups.
-    fn publish_store_metrics(&self) {
-        let metrics = &self.metrics;
-        let mut tasks = lock(&self.tasks);
-        let mut keys = 0;
-        for t in tasks.values_mut() {
-            keys += t.store.len() as i64;
-            let (hits, misses) = t.store.take_lookups();
-            metrics.store_cache.with_label_values(&[metrics::CACHE_HIT]).inc_by(hits);
-            metrics.store_cache.with_label_values(&[metrics::CACHE_MISS]).inc_by(misses);
-        }
-        metrics.state_keys.set(keys);
-        metrics.pending.set(tasks.values().map(|t| t.pending).sum());
-        if let Some(dir) = &self.site.dir {
-            metrics.store_bytes.set(dir.disk_bytes() as i64);
-        }
+/// The task gauges (partitions assigned, keys held, pending work, the
+/// store's bytes on disk) and the cache lookups since the last call.
+fn publish_task_gauges<S>(metrics: &WorkerMetrics, site: &StoreSite, tasks: &mut HashMap<i32, Task<S>>) {
+    let mut keys = 0;
+    for t in tasks.values_mut() {
+        keys += t.store.len() as i64;
+        let (hits, misses) = t.store.take_lookups();
+        metrics.store_cache.with_label_values(&[metrics::CACHE_HIT]).inc_by(hits);
+        metrics.store_cache.with_label_values(&[metrics::CACHE_MISS]).inc_by(misses);
+    }
+    metrics.assigned.set(tasks.len() as i64);
+    metrics.state_keys.set(keys);
+    metrics.pending.set(tasks.values().map(|t| t.pending).sum());
+    if let Some(dir) = &site.dir {
+        metrics.store_bytes.set(dir.disk_bytes() as i64);
     }
 }
 
@@ -664,7 +662,7 @@ async fn consume<W: Worker>(
         committable.extend(rt.settle_others(&busy).await?);
         metrics.in_flight.set(0);
         metrics.batch_seconds.observe(batch_started.elapsed().as_secs_f64());
-        rt.publish_store_metrics();
+        publish_task_gauges(metrics, &rt.site, &mut lock(&rt.tasks));
         if !rt.first_done.swap(true, Ordering::Relaxed) {
             metrics.first_record_seconds.set(rt.started.elapsed().as_secs_f64());
             tracing::info!(worker = rt.worker.name(), after = ?rt.started.elapsed(), "first input processed");

@@ -367,14 +367,6 @@ impl<S> Store<S> {
             Kind::Disk(d) => (std::mem::take(&mut d.hits), std::mem::take(&mut d.misses)),
         }
     }
-
-    /// The instance's state directory (disk stores).
-    pub fn dir(&self) -> Option<&Arc<StateDir>> {
-        match &self.kind {
-            Kind::Memory(_) => None,
-            Kind::Disk(d) => Some(&d.dir),
-        }
-    }
 }
 
 impl<S: Serialize + DeserializeOwned + Default> Store<S> {
@@ -516,21 +508,6 @@ impl<S: Serialize + DeserializeOwned + Default> Store<S> {
                 Box::new(stored.chain(fresh))
             }
         }
-    }
-
-    /// Sum of `f` over every key's state (decodes each one: for a restore's
-    /// totals, not for every batch).
-    pub fn sum(&self, f: impl Fn(&S) -> i64) -> Result<i64, StoreError> {
-        if let Kind::Memory(m) = &self.kind {
-            return Ok(m.values().map(|ks| f(&ks.state)).sum());
-        }
-        let mut total = 0;
-        for e in self.entries() {
-            let (key, raw) = e?;
-            let ks: KeyState<S> = raw.parse().map_err(|source| StoreError::Decode { key, source })?;
-            total += f(&ks.state);
-        }
-        Ok(total)
     }
 }
 

@@ -23,12 +23,6 @@ pub(super) struct Ctx<W: Worker> {
 }
 
 impl<W: Worker> Ctx<W> {
-    fn publish_gauges(&self, tasks: &HashMap<i32, Task<W::State>>) {
-        self.metrics.assigned.set(tasks.len() as i64);
-        self.metrics.state_keys.set(tasks.values().map(|t| t.store.len() as i64).sum());
-        self.metrics.pending.set(tasks.values().map(|t| t.pending).sum());
-    }
-
     fn assign(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList, incremental: bool) {
         self.ready.store(false, Ordering::Relaxed);
         self.metrics.ready.set(0);
@@ -103,7 +97,7 @@ impl<W: Worker> Ctx<W> {
                 }
             }
         }
-        self.publish_gauges(&tasks);
+        publish_task_gauges(&self.metrics, &self.site, &mut tasks);
         self.ready.store(true, Ordering::Relaxed);
         self.metrics.ready.set(1);
         tracing::info!(worker = self.worker.name(), ?partitions, "assigned; tasks restored");
@@ -181,7 +175,7 @@ impl<W: Worker> Ctx<W> {
         } else {
             let _ = consumer.unassign();
         }
-        self.publish_gauges(&tasks);
+        publish_task_gauges(&self.metrics, &self.site, &mut tasks);
         tracing::info!(worker = self.worker.name(), revoked = tpl.count(), "partitions revoked");
     }
 }
