@@ -79,11 +79,11 @@ async fn main() {
     // the same size while the history grows.
     let phase1 = ["--dedupe-retention", "1m"];
     let mut w = spawn(&stack, &phase1);
-    until_outputs(&stack, short as i64).await;
+    until_outputs(&stack, &mut w, short as i64).await;
     let first = restart(&stack, &mut w, &phase1).await;
     eprintln!("restore after {short}: {:.2} s, {} records", first.seconds, first.records);
     produce_orders(&stack, long - short, 6, 10_000);
-    until_outputs(&stack, long as i64).await;
+    until_outputs(&stack, &mut w, long as i64).await;
     let second = restart(&stack, &mut w, &phase1).await;
     eprintln!("restore after {long}: {:.2} s, {} records", second.seconds, second.records);
     // The same history without snapshots: a restore that must scan it all.
@@ -95,7 +95,7 @@ async fn main() {
         produce_orders(&s, long, 5, 10_000);
         let huge = ["--snapshot-interval-bytes", "1000000000000", "--dedupe-retention", "1m"];
         let mut w2 = spawn(&s, &huge);
-        until_outputs(&s, long as i64).await;
+        until_outputs(&s, &mut w2, long as i64).await;
         let full = restart(&s, &mut w2, &huge).await;
         let _ = w2.child.kill();
         let _ = w2.child.wait();
@@ -111,7 +111,7 @@ async fn main() {
     let big = counter_stack(dir3.path(), 1).await;
     produce_orders(&big, long, 7, 100_000_000);
     let mut w3 = spawn(&big, &[]);
-    until_outputs(&big, long as i64).await;
+    until_outputs(&big, &mut w3, long as i64).await;
     let text = get(w3.metrics, "/metrics").await.unwrap().1;
     let keys = metric_sum(&text, m::WORKER_STATE_KEYS, None);
     let rss = rss_mib(w3.child.id());

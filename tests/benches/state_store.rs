@@ -29,14 +29,15 @@ fn kill(w: &mut Worker) {
 }
 
 /// Outputs per second from the first output to the last.
-async fn rate(stack: &Stack, total: i64) -> f64 {
+async fn rate(stack: &Stack, w: &mut Worker, total: i64) -> f64 {
     let deadline = Instant::now() + Duration::from_secs(3600);
     while high_watermark(stack, "loyalty") == 0 {
+        w.check_running();
         assert!(Instant::now() < deadline, "no output");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let (t0, n0) = (Instant::now(), high_watermark(stack, "loyalty"));
-    until_outputs(stack, total).await;
+    until_outputs(stack, w, total).await;
     (total - n0) as f64 / t0.elapsed().as_secs_f64()
 }
 
@@ -46,7 +47,7 @@ async fn throughput(store: &str, records: u64, keys: u64) -> f64 {
     let stack = counter_stack(dir.path(), 1).await;
     produce_orders(&stack, records, 11, keys);
     let mut w = spawn_counter(&stack, &["--state-store", store, "--max-in-flight", "256"]);
-    let r = rate(&stack, records as i64).await;
+    let r = rate(&stack, &mut w, records as i64).await;
     kill(&mut w);
     stack.down().await;
     r
@@ -66,7 +67,7 @@ async fn main() {
     let stack = counter_stack(dir.path(), 1).await;
     produce_orders(&stack, keys, 7, 100_000_000);
     let mut w = spawn_counter(&stack, &[]);
-    let load_rate = rate(&stack, keys as i64).await;
+    let load_rate = rate(&stack, &mut w, keys as i64).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let page = get(w.metrics, "/metrics").await.unwrap().1;
     let held = metric_sum(&page, m::WORKER_STATE_KEYS, None);
@@ -78,19 +79,19 @@ async fn main() {
     produce_orders(&stack, 1_000, 8, 100_000_000);
     let started = Instant::now();
     let mut w = spawn_counter(&stack, &[]);
-    until_outputs(&stack, keys as i64 + 1).await;
+    until_outputs(&stack, &mut w, keys as i64 + 1).await;
     let first_seen = started.elapsed().as_secs_f64();
-    let page = ready_metrics(&w).await;
+    let page = ready_metrics(&mut w).await;
     let first = metric_sum(&page, m::WORKER_FIRST_RECORD_SECONDS, None);
     let tail_records = metric_sum(&page, m::WORKER_RESTORE_RECORDS, None);
     let resumed = metric_sum(&page, m::WORKER_STORE_STARTS, Some(("result", "resumed")));
     eprintln!("kill -9 → first input {first:.2} s (first output seen {first_seen:.2} s), {tail_records} records read");
-    until_outputs(&stack, keys as i64 + 1_000).await;
+    until_outputs(&stack, &mut w, keys as i64 + 1_000).await;
     // The partition moves to an instance without its store: rebuilt from the snapshot.
     kill(&mut w);
     std::fs::remove_dir_all(stack.data_dir.join("workers")).unwrap();
     let mut w = spawn_counter(&stack, &[]);
-    let page = ready_metrics(&w).await;
+    let page = ready_metrics(&mut w).await;
     let restore_s = metric_sum(&page, &format!("{}_sum", m::WORKER_RESTORE_SECONDS), None);
     let restored = metric_sum(&page, m::WORKER_STATE_KEYS, None);
     let rebuilt = metric_sum(&page, m::WORKER_STORE_STARTS, Some(("result", "rebuilt")));

@@ -161,27 +161,45 @@ pub mod bench {
         100.0 * after.0.saturating_sub(before.0) as f64 / total as f64
     }
 
-    /// A `worker counter` process started by a benchmark, with its metrics address.
+    /// A `worker counter` process started by a benchmark, with its metrics
+    /// address and the log its stderr goes to.
     pub struct Worker {
         pub child: std::process::Child,
         pub metrics: std::net::SocketAddr,
+        pub log: std::path::PathBuf,
+    }
+
+    impl Worker {
+        /// Panics, naming its log, if the worker has exited.
+        pub fn check_running(&mut self) {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                panic!("the worker exited ({status}); {}:\n{}", self.log.display(), tail.join("\n"));
+            }
+        }
     }
 
     /// Starts `worker counter` as static member `bench` (its state under the
-    /// stack's data dir), serving metrics on a free port.
+    /// stack's data dir, its log in `worker.log` there), serving metrics on a
+    /// free port; `--max-in-flight` is 64 unless `extra` sets it.
     pub fn spawn_counter(stack: &Stack, extra: &[&str]) -> Worker {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let log = stack.data_dir.join("worker.log");
+        let stderr = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        let in_flight: &[&str] = if extra.contains(&"--max-in-flight") { &[] } else { &["--max-in-flight", "64"] };
         let child = std::process::Command::new(bin("worker"))
             .args(["counter", "-b", &stack.kafka.brokers, "--registry", &stack.registry.registry])
-            .args(["--instance-id", "bench", "--metrics-addr", &metrics.to_string(), "--max-in-flight", "64"])
+            .args(["--instance-id", "bench", "--metrics-addr", &metrics.to_string()])
+            .args(in_flight)
             .arg("--data-dir")
             .arg(stack.data_dir.join("workers"))
             .args(extra)
-            .stderr(std::process::Stdio::null())
+            .stderr(stderr)
             .spawn()
             .unwrap();
-        Worker { child, metrics }
+        Worker { child, metrics, log }
     }
 
     /// Partition 0's high watermark.
@@ -193,19 +211,21 @@ pub mod bench {
     }
 
     /// Waits until the worker has produced `outputs` records in all.
-    pub async fn until_outputs(stack: &Stack, outputs: i64) {
+    pub async fn until_outputs(stack: &Stack, w: &mut Worker, outputs: i64) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3600);
         while high_watermark(stack, "loyalty") < outputs {
+            w.check_running();
             assert!(std::time::Instant::now() < deadline, "the worker did not finish");
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         }
     }
 
     /// The worker's metrics page once it is ready.
-    pub async fn ready_metrics(w: &Worker) -> String {
+    pub async fn ready_metrics(w: &mut Worker) -> String {
         use keyflow_devstack::pipeline::get;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1800);
         loop {
+            w.check_running();
             assert!(std::time::Instant::now() < deadline, "the worker did not get ready");
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             if get(w.metrics, "/ready").await.is_some_and(|(c, _)| c == 200) {

@@ -166,6 +166,19 @@ impl Ownership {
         self.queued.push(delivery);
     }
 
+    /// The offset up to which no other owner's claim is in the changelog:
+    /// the last own record when own records fill every offset since the
+    /// last check (always, for a sole owner writing without transactions),
+    /// else the last check.
+    fn unclaimed(&mut self) -> i64 {
+        self.reap();
+        if self.written as i64 == self.last - self.verified {
+            self.last
+        } else {
+            self.verified
+        }
+    }
+
     /// Counts the queued records already answered.
     fn reap(&mut self) {
         let mut pending = Vec::with_capacity(self.queued.len());
@@ -213,7 +226,8 @@ impl<S: serde::Serialize + serde::de::DeserializeOwned + Default> Task<S> {
 
     /// Where its local store stands once every own record up to `at` is
     /// reflected in it; a restore continues at `from`.
-    fn position(&self, site: &StoreSite, p: i32, at: i64, from: i64) -> Position {
+    fn position(&mut self, site: &StoreSite, p: i32, at: i64, from: i64) -> Position {
+        let verified = self.ownership.unclaimed();
         Position {
             cluster: site.cluster.clone(),
             topic: site.topic.clone(),
@@ -225,6 +239,7 @@ impl<S: serde::Serialize + serde::de::DeserializeOwned + Default> Task<S> {
             checkpoint: self.checkpoint.clone(),
             at,
             from,
+            verified,
             since_snapshot: self.since_snapshot,
             snapshot_bytes: self.snapshot_bytes,
             pending: self.pending,

@@ -94,6 +94,9 @@ pub struct Position {
     /// again: applying a batch twice changes nothing, and its outbox is
     /// re-published unless marked).
     pub from: i64,
+    /// No other owner's claim is in the changelog up to this offset, as its
+    /// writer knows (see [`Resume::verified`]).
+    pub verified: i64,
     /// Changelog bytes since that snapshot, and the snapshot's size.
     pub since_snapshot: u64,
     pub snapshot_bytes: u64,
@@ -115,6 +118,22 @@ impl Position {
             "the store was written from {}[{}] of cluster {}, not {topic}[{partition}] of cluster {cluster}",
             self.topic, self.partition, self.cluster
         ))
+    }
+
+    /// Whether the store fits a changelog partition holding `[low, high)`
+    /// whose new claim is at `end`: not ahead of it, and its own record
+    /// (see [`Position::proves`]) not trimmed away.
+    pub fn within(&self, low: i64, high: i64, end: i64) -> Result<(), String> {
+        if self.from > end || self.at >= high {
+            return Err(format!(
+                "it is ahead of the changelog (it continues at offset {}, the changelog ends at {high})",
+                self.from
+            ));
+        }
+        if self.at < low {
+            return Err(format!("the changelog now starts at offset {low}, past its record {}", self.at));
+        }
+        Ok(())
     }
 
     /// Whether `record`, read at offset [`Position::at`], is the writer's own
@@ -152,6 +171,8 @@ impl Position {
         }
         Resume {
             from: self.from,
+            at: self.at,
+            verified: self.verified,
             lineage: self.lineage,
             last_batch: self.batch,
             checkpoint: self.checkpoint.clone(),

@@ -27,9 +27,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use keyflow_runtime::changelog::{self, Entry, MemoryLog, OutboxRecord, RestoreError};
+use keyflow_runtime::changelog::{self, Entry, MemoryLog, OutboxRecord, RestoreError, Restored};
 use keyflow_runtime::counter::{Counter, CounterState};
 use keyflow_runtime::keyed::KeyedRunner;
+use keyflow_runtime::store::Position;
 use keyflow_runtime::task::{process_batch, Input, KeyState};
 use keyflow_schemas::events::{AnyEvent, LoyaltyEvent, OrderEvent};
 use rand::rngs::StdRng;
@@ -40,6 +41,8 @@ type States = HashMap<String, KeyState<CounterState>>;
 const INPUT: &str = "orders/0";
 const RETENTION_MS: i64 = i64::MAX / 4;
 const INPUTS: usize = 48;
+/// Instances, each with one local state store.
+const MACHINES: usize = 3;
 
 /// The input stream: orders of four customers, with byte copies (same
 /// `event_id`) and re-sent facts (same `idempotency_key`) among them.
@@ -132,7 +135,13 @@ impl Reference {
 /// One owner of the partition task, as the runtime keeps it.
 struct Owner {
     name: usize,
+    /// The instance it runs on (whose local store it writes).
+    machine: usize,
     lineage: i64,
+    /// The snapshot its claim names.
+    base: Option<i64>,
+    /// Its latest own record.
+    last: i64,
     snapshot: Option<i64>,
     /// The latest snapshot it wrote itself (the only kind retention may
     /// trim below: an inherited pointer can be a previous owner's).
@@ -165,6 +174,10 @@ struct Model {
     /// Owners claim the partition (the protocol); without, the model is the
     /// protocol before claims existed.
     claims: bool,
+    /// Each instance's local store: the states and position it last persisted.
+    stores: Vec<Option<(States, Position)>>,
+    /// Claims that continued a local store.
+    resumed: usize,
     trace: Vec<String>,
 }
 
@@ -193,13 +206,73 @@ impl Model {
             trimmed_anywhere: false,
             calm: false,
             claims: true,
+            stores: vec![None; MACHINES],
+            resumed: 0,
             trace: vec![],
         }
     }
 
     fn append(&mut self, o: usize, entry: Entry) -> i64 {
         let (lineage, pointer) = (self.owners[o].lineage, self.owners[o].snapshot);
-        self.log.append(entry, self.claims.then_some(lineage), pointer)
+        let at = self.log.append(entry, self.claims.then_some(lineage), pointer);
+        self.owners[o].last = at;
+        at
+    }
+
+    /// Owner `o` writes its states to its instance's local store, naming its
+    /// own record `at`; a restore from the store continues at `from` (as the
+    /// runtime's `Task::position`).
+    fn persist(&mut self, o: usize, at: i64, from: i64) {
+        let owner = &self.owners[o];
+        if !self.claims || !owner.alive {
+            return;
+        }
+        // The runtime counts its own records: when they fill every offset
+        // since its last check, no other claim can be among them.
+        let since = self.log.range(owner.verified + 1, owner.last + 1);
+        let own =
+            since.len() as i64 == owner.last - owner.verified && since.iter().all(|r| r.lineage == Some(owner.lineage));
+        let verified = if own { owner.last } else { owner.verified };
+        let position = Position {
+            cluster: "model".into(),
+            topic: "state".into(),
+            partition: 0,
+            lineage: Some(owner.lineage),
+            base: owner.base,
+            snapshot: owner.snapshot,
+            batch: owner.next_batch - 1,
+            // As the task keeps it: no entry before its first batch.
+            checkpoint: (owner.next > 0).then(|| (INPUT.to_string(), owner.next)).into_iter().collect(),
+            at,
+            from,
+            verified,
+            since_snapshot: 0,
+            snapshot_bytes: 0,
+            pending: 0,
+            keys: owner.states.len() as u64,
+        };
+        self.trace.push(format!("owner {} persists its store at {at}, from {from}", owner.name));
+        self.stores[owner.machine] = Some((owner.states.clone(), position));
+    }
+
+    /// What the runtime's `restore_task` does with a local store before a
+    /// claim at `claim`: continue it when its checks pass, else `None` (rebuild).
+    fn resume_store(&mut self, machine: usize, claim: i64) -> Option<(States, Restored<CounterState>)> {
+        let (mut states, position) = self.stores[machine].take()?;
+        let checked = position
+            .within(self.log.start, self.log.end(), claim)
+            .and_then(|()| position.proves(self.log.range(position.at, position.at + 1).first()));
+        if let Err(why) = checked {
+            self.trace.push(format!("store of instance {machine} not resumable: {why}"));
+            return None;
+        }
+        match changelog::resume::<CounterState>(&mut self.log, position.resume(), claim, &mut states) {
+            Ok(r) => Some((states, r)),
+            Err(why) => {
+                self.trace.push(format!("store of instance {machine} not resumed: {why}"));
+                None
+            }
+        }
     }
 
     /// A crash between two records, with probability `p`.
@@ -215,24 +288,38 @@ impl Model {
     /// Now and then, another member claims the partition in the middle of
     /// an owner's records (which it goes on writing). `true` when the schedule
     /// must end (a restore refused the log).
-    fn interloper(&mut self) -> bool {
+    fn interloper(&mut self, o: usize) -> bool {
         if self.calm || !self.rng.random_bool(0.02) {
             return false;
         }
         self.trace.push("a claim lands between an owner's records".into());
-        self.claim().is_err()
+        // Another instance: this one's task is still running.
+        let machine = (self.owners[o].machine + self.rng.random_range(1..MACHINES)) % MACHINES;
+        self.claim_on(machine).is_err()
     }
 
-    /// A new owner: the runtime's `restore_task` (claim, restore up to the
-    /// claim, re-publish), with every check of the restored state.
+    /// A new owner on a random instance.
     fn claim(&mut self) -> Result<usize, End> {
+        let machine = self.rng.random_range(0..MACHINES);
+        self.claim_on(machine)
+    }
+
+    /// A new owner on instance `machine` (whose earlier task there has
+    /// stopped): the runtime's `restore_task` (claim, restore up to the claim,
+    /// re-publish), with every check of the restored state. A restore that
+    /// continues the instance's local store must equal the full restore.
+    fn claim_on(&mut self, machine: usize) -> Result<usize, End> {
+        for o in &mut self.owners {
+            o.alive &= o.machine != machine;
+        }
         let name = self.owners.len();
         let base = self.log.pointer().filter(|p| *p >= self.log.start);
         let claim = match self.claims {
             true => self.log.append(Entry::Claim { base }, None, base),
             false => self.log.end(),
         };
-        self.trace.push(format!("owner {name} claims at {claim} from {base:?}"));
+        self.trace.push(format!("owner {name} claims at {claim} from {base:?} on instance {machine}"));
+        let resumed = self.resume_store(machine, claim);
         let restored = match changelog::restore::<CounterState>(&mut self.log, base, claim) {
             Ok(r) => r,
             Err(e @ (RestoreError::Corrupt(_) | RestoreError::Read(_))) if self.trimmed_anywhere => {
@@ -245,6 +332,17 @@ impl Model {
             }
             Err(e) => panic!("restore failed: {e}"),
         };
+        if let Some((states, r)) = resumed {
+            self.resumed += 1;
+            self.trace.push(format!("owner {name} continued its instance's store"));
+            // (No checkpoint is a checkpoint at offset 0.)
+            let next = |c: &BTreeMap<String, i64>| c.get(INPUT).copied().unwrap_or(0);
+            assert_eq!(
+                (&states, next(&r.checkpoint), r.last_batch),
+                (&restored.states, next(&restored.checkpoint), restored.last_batch),
+                "owner {name}: continuing the local store gave another state than the full restore"
+            );
+        }
         let next = restored.checkpoint.get(INPUT).copied().unwrap_or(0);
         assert_eq!(
             restored.states, self.reference.states[next as usize],
@@ -262,7 +360,10 @@ impl Model {
         }
         let mut owner = Owner {
             name,
+            machine,
             lineage: claim,
+            base,
+            last: claim,
             snapshot: base,
             own_snapshot: None,
             verified: claim,
@@ -290,6 +391,8 @@ impl Model {
             }
             self.append(o, Entry::Published { batch });
         }
+        // Re-published and acknowledged: the store continues past the claim.
+        self.persist(o, claim, claim + 1);
         Ok(o)
     }
 
@@ -311,21 +414,31 @@ impl Model {
         let max = if self.rng.random_bool(0.3) { 120 } else { 512 * 1024 };
         let entries = changelog::batch_entries(batch, &checkpoint, &out, &result.changed, max).unwrap();
         self.trace.push(format!("owner {} records batch {batch} ({from}..{next}, {} records)", o, entries.len()));
+        let mut first = None;
         for e in entries {
             if self.crash(o, 0.03, "while recording") {
                 return;
             }
             // Another member takes the partition over between two records;
             // this owner, not knowing, writes the rest.
-            if self.interloper() {
+            if self.interloper(o) {
                 return;
             }
-            self.append(o, e);
+            let at = self.append(o, e);
+            first.get_or_insert(at);
         }
         let owner = &mut self.owners[o];
         owner.recorded = next;
         owner.next = next;
         owner.next_batch += 1;
+        // Recorded: the states reach the store (a restore from it reads the
+        // batch again while its outputs are not acknowledged).
+        if self.crash(o, 0.03, "before writing its store") {
+            return;
+        }
+        let last = self.owners[o].last;
+        self.persist(o, last, if out.is_empty() { last + 1 } else { first.unwrap_or(last) });
+        let owner = &mut self.owners[o];
         let previous = owner.unacked.replace(batch);
         // The previous batch's outputs were acknowledged while this one was recorded.
         if let Some(b) = previous {
@@ -358,7 +471,7 @@ impl Model {
         self.trace.push(format!("owner {o} snapshots batch {batch} in {} parts", parts.len()));
         let mut first = None;
         for e in parts {
-            if self.crash(o, 0.05, "while snapshotting") || self.interloper() {
+            if self.crash(o, 0.05, "while snapshotting") || self.interloper(o) {
                 return;
             }
             let at = self.append(o, e);
@@ -378,7 +491,9 @@ impl Model {
         self.owners[o].verified = end - 1;
         self.owners[o].snapshot = first;
         self.owners[o].own_snapshot = first;
-        self.append(o, Entry::Published { batch });
+        let marker = self.append(o, Entry::Published { batch });
+        // Everything up to the marker is in the store.
+        self.persist(o, marker, marker + 1);
     }
 
     fn run(&mut self, steps: usize) -> End {
@@ -401,8 +516,15 @@ impl Model {
             let roll = self.rng.random_range(0..100);
             match roll {
                 0..=11 => {
-                    // A rebalance or a restart: the old owner stops, or goes on for a while.
+                    // A rebalance or a restart: the old owner stops (releasing
+                    // its task: settled, everything it wrote in its store), or
+                    // goes on for a while.
                     if !zombies || self.rng.random_bool(0.5) {
+                        if self.owners[current].alive && self.rng.random_bool(0.5) {
+                            self.settle(current);
+                            let last = self.owners[current].last;
+                            self.persist(current, last, last + 1);
+                        }
                         self.owners[current].alive = false;
                     }
                     if let Err(end) = self.claim() {
@@ -482,11 +604,12 @@ fn schedules(default: u64) -> u64 {
     std::env::var("KEYFLOW_MODEL_SCHEDULES").ok().and_then(|s| s.parse().ok()).unwrap_or(default)
 }
 
-fn run_seed(seed: u64, claims: bool) -> Result<End, String> {
+/// Runs one schedule: how it ended, and how many claims continued a local store.
+fn run_seed(seed: u64, claims: bool) -> Result<(End, usize), String> {
     let mut model = Model::new(seed);
     model.claims = claims;
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.run(60)));
-    result.map_err(|e| {
+    result.map(|end| (end, model.resumed)).map_err(|e| {
         let why = e.downcast_ref::<String>().cloned().or(e.downcast_ref::<&str>().map(|s| s.to_string()));
         format!("seed {seed}: {}\ntrace:\n  {}", why.unwrap_or_default(), model.trace.join("\n  "))
     })
@@ -503,20 +626,23 @@ fn every_restore_across_crashes_zombies_and_trims_equals_the_state_below_its_che
     }
     let schedules = schedules(10_000);
     let started = std::time::Instant::now();
-    let (mut done, mut refused) = (0, 0);
+    let (mut done, mut refused, mut resumed) = (0, 0, 0);
     for seed in 0..schedules {
-        match run_seed(seed, true) {
-            Ok(End::Done) => done += 1,
-            Ok(End::RefusedTrimmedLog) => refused += 1,
-            Ok(End::RefusedInterleavedLog) => unreachable!("only without claims"),
-            Err(e) => panic!("{e}"),
+        let (end, from_store) = run_seed(seed, true).unwrap_or_else(|e| panic!("{e}"));
+        resumed += from_store;
+        match end {
+            End::Done => done += 1,
+            End::RefusedTrimmedLog => refused += 1,
+            End::RefusedInterleavedLog => unreachable!("only without claims"),
         }
     }
     eprintln!(
-        "changelog model: {schedules} schedules ({done} to the end, {refused} refused a log trimmed below its history) in {:?}",
+        "changelog model: {schedules} schedules ({done} to the end, {refused} refused a log trimmed below its history, \
+         {resumed} claims continued a local store) in {:?}",
         started.elapsed()
     );
     assert!(done > schedules / 2, "most schedules run to the end");
+    assert!(resumed > schedules as usize, "claims continue local stores");
 }
 
 /// The model is not vacuous: run on the protocol before claims existed (no
@@ -532,7 +658,7 @@ fn without_claims_the_model_finds_restores_that_are_not_the_state_below_their_ch
     let (mut wrong, mut refused) = (0, 0);
     for seed in 0..schedules {
         match run_seed(seed, false) {
-            Ok(End::RefusedInterleavedLog) => refused += 1,
+            Ok((End::RefusedInterleavedLog, _)) => refused += 1,
             Ok(_) => {}
             Err(_) => wrong += 1,
         }

@@ -181,6 +181,13 @@ impl<S: Default> Rebuild<S> for HashMap<String, KeyState<S>> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Resume {
     pub from: i64,
+    /// The store's last own record: it holds everything its writer wrote up
+    /// to here.
+    pub at: i64,
+    /// No claim but the store's own is in the changelog up to this offset
+    /// (its writer knows, from its own records filling every offset or from
+    /// reading them); the records between it and `at` are checked for one.
+    pub verified: i64,
     pub lineage: Option<i64>,
     pub last_batch: u64,
     pub checkpoint: BTreeMap<String, i64>,
@@ -244,8 +251,11 @@ pub fn restore_into<S: DeserializeOwned + Default + Clone>(
 
 /// Continues a task's local store (holding `states`) from `resume.from` up
 /// to `end`, under the rules of [`restore`]. A claim whose owner began
-/// elsewhere, a lineage newer than any claim read, or a log whose records
-/// from `resume.from` on were deleted cannot be followed from the store:
+/// elsewhere, a lineage newer than any claim read, another owner's claim
+/// below the store's last record that its writer never checked (it went on
+/// writing after losing the partition: a restore skips what it wrote from
+/// there on, the store holds it), or a log whose records from `resume.from`
+/// on were deleted cannot be followed from the store:
 /// [`RestoreError::NotResumable`], and the caller rebuilds from the snapshot.
 pub fn resume<S: DeserializeOwned + Default + Clone>(
     source: &mut dyn Source,
@@ -253,12 +263,28 @@ pub fn resume<S: DeserializeOwned + Default + Clone>(
     end: i64,
     states: &mut dyn Rebuild<S>,
 ) -> Result<Restored<S>, RestoreError> {
-    if source.low() > resume.from {
+    let unchecked = resume.verified + 1;
+    let needed = unchecked.min(resume.from);
+    if source.low() > needed {
         return Err(RestoreError::NotResumable(format!(
-            "the changelog now starts at offset {}, past the store's {}",
+            "the changelog now starts at offset {}, past the store's {needed}",
             source.low(),
-            resume.from
         )));
+    }
+    if let (Some(lineage), true) = (resume.lineage, unchecked <= resume.at) {
+        let mut claim = None;
+        source.read(Some(unchecked), resume.at + 1, &mut |r| {
+            if matches!(r.entry, Entry::Claim { .. }) && r.offset > lineage {
+                claim = Some(r.offset);
+            }
+            claim.is_none()
+        })?;
+        if let Some(claim) = claim {
+            return Err(RestoreError::NotResumable(format!(
+                "another owner claimed the partition at offset {claim}, and the store's writer (lineage {lineage}) \
+                 went on writing after it"
+            )));
+        }
     }
     let mut reads = 0;
     let mut w = Walker::new(None, resume.origins, states);

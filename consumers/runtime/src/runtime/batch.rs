@@ -284,7 +284,7 @@ impl<W: Worker> Runtime<W> {
                 if cfg.guarantee == Guarantee::EffectivelyOnce {
                     // Everything up to the marker is in the store: a restart
                     // reads nothing below it (the trim may delete it).
-                    let position = lock(&self.tasks).get(&p).map(|t| t.position(&self.site, p, marker, marker + 1));
+                    let position = lock(&self.tasks).get_mut(&p).map(|t| t.position(&self.site, p, marker, marker + 1));
                     if let Some(position) = position {
                         tokio::task::block_in_place(|| store.persist(position))
                             .with_context(|| format!("writing partition {p}'s store position"))?;

@@ -456,11 +456,14 @@ pub(super) fn restore_task<W: Worker>(
     let producer: FutureProducer<Quiet> = client_config(&cfg.kafka, PRODUCER_DEFAULTS)?.create_with_context(Quiet)?;
     let stamp = Stamp { snapshot: base, lineage };
     let republished = restored.unpublished.iter().map(|(_, o)| o.len() as u64).sum();
-    // Checked up to the claim itself (a rollback's owner is not checked).
+    // Own records from the claim on. No other claim is below `end`: the
+    // restore read every claim up to it (a claim: its own; a rollback: its
+    // lineage is still the latest, checked above).
     let mut ownership = Ownership::new(lineage.unwrap_or(end - 1));
     if let Some(proof) = restored.proof {
         ownership.saw(proof);
     }
+    ownership.verified = ownership.verified.max(end - 1);
     if !restored.unpublished.is_empty() {
         let outputs = futures::executor::block_on(async {
             let mut outputs = vec![];
@@ -544,15 +547,7 @@ fn resumable(
 ) -> Result<changelog::Resume, String> {
     let Some(pos) = position else { return Err("it has no position (new, or cut short while rebuilt)".into()) };
     pos.belongs_to(&site.cluster, &site.topic, p)?;
-    if pos.from > end || pos.at >= source.high {
-        return Err(format!(
-            "it is ahead of the changelog (it continues at offset {}, the changelog ends at {})",
-            pos.from, source.high
-        ));
-    }
-    if pos.at < source.low {
-        return Err(format!("the changelog now starts at offset {}, past its record {}", source.low, pos.at));
-    }
+    pos.within(source.low, source.high, end)?;
     let record = (|| -> anyhow::Result<Option<Record>> {
         let consumer = ChangelogSource::client(cfg)?;
         let mut reader = ChangelogReader::open(consumer, &site.topic, p, (pos.at, pos.at + 1), false, source.txn)?;

@@ -20,6 +20,7 @@ fn position(batch: u64, at: i64) -> Position {
         checkpoint: BTreeMap::from([("orders/0".to_string(), at)]),
         at,
         from: at + 1,
+        verified: at,
         since_snapshot: 0,
         snapshot_bytes: 0,
         pending: 0,
