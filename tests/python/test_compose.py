@@ -145,6 +145,17 @@ def test_workers_run_two_instances_after_init_and_prometheus_scrapes_their_metri
         assert s["deploy"]["replicas"] == 2, w
         assert s["depends_on"]["init"]["condition"] == "service_completed_successfully", w
         assert "ports" not in s, f"{w}: replicas cannot share a host port"
+        # Each replica keeps its local state stores on its own volume (an
+        # anonymous one: per container, kept across restarts and recreation;
+        # a named one would be shared by the replicas, whose lock refuses the second).
+        # (compose v1 resolves the short syntax to `/path`, v2 to a mapping.)
+        data = s["environment"]["WORKER_DATA_DIR"]
+        mounts = [
+            v if isinstance(v, dict) else {"type": "volume", "target": v} if ":" not in v else {"target": v.split(":")[1]}
+            for v in s.get("volumes", [])
+        ]
+        mine = [m for m in mounts if m["target"] == data]
+        assert mine and mine[0].get("type") == "volume" and not mine[0].get("source"), f"{w}: {data} is not a per-container volume"
     for p, cmd in PRODUCERS.items():
         assert argv_of(svcs[p])[:2] == ["producer", cmd]
         assert svcs[p]["profiles"] == ["load"]
@@ -153,6 +164,9 @@ def test_workers_run_two_instances_after_init_and_prometheus_scrapes_their_metri
     df = (REPO / "infra/Dockerfile").read_text()
     for b in ["devstack", "worker", "producer", "schema-registry", "broker"]:
         assert f"target/release/{b}" in df, f"infra/Dockerfile does not ship {b}"
+    user = re.search(r"^USER (\d+)", df, re.M).group(1)
+    data = svcs[WORKERS[0]]["environment"]["WORKER_DATA_DIR"]
+    assert re.search(rf"chown {user}(:\d+)? {re.escape(data)}\b", df), f"the image's user {user} cannot write {data}"
 
 
 def test_prometheus_and_grafana_mount_the_projects_config_and_dashboards(resolved):
