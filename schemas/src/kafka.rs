@@ -157,6 +157,11 @@ pub fn position<C: ConsumerContext>(consumer: &impl Consumer<C>, topic: &str, p:
 /// prefetch queue, and an error instead of a silent jump when the broker
 /// says an offset is out of range (a reader that skipped records would
 /// restore or verify from a hole).
+///
+/// A full prefetch queue makes librdkafka wait `fetch.queue.backoff.ms`
+/// (default 1 s) before fetching again: a reader that drains 16 MiB in a
+/// fifth of a second then idles the rest. Measured on a 116 MB changelog:
+/// 18 MB/s with the default, the broker's speed with a short backoff.
 pub fn reader_config(kafka: &KafkaArgs, group: &str) -> Result<ClientConfig, KafkaError> {
     client_config(
         kafka,
@@ -166,6 +171,7 @@ pub fn reader_config(kafka: &KafkaArgs, group: &str) -> Result<ClientConfig, Kaf
             ("auto.offset.reset", "error"),
             ("fetch.wait.max.ms", "10"),
             ("queued.max.messages.kbytes", "16384"),
+            ("fetch.queue.backoff.ms", "10"),
         ],
     )
 }

@@ -59,7 +59,7 @@ async fn main() {
     let ratio_records = env("BENCH_RATIO_RECORDS", 300_000);
     let ratio_keys = env("BENCH_RATIO_KEYS", 300_000);
     let rounds = env("BENCH_ROUNDS", 2);
-    let cache = 50_000;
+    let cache = 10_000;
     let machine = keyflow_e2e::bench::machine();
 
     // 1. 1M keys on the disk store.

@@ -426,6 +426,9 @@ pub async fn run<W: Worker>(
         ("partition.assignment.strategy", cfg.assignor.strategy()),
         ("statistics.interval.ms", "5000"),
         ("fetch.wait.max.ms", keyflow_schemas::kafka::FETCH_WAIT_MS),
+        // A prefetch of 16 MiB a partition keeps batches full (librdkafka's
+        // 64 MiB default was a quarter of the worker's memory with 1M keys).
+        ("queued.max.messages.kbytes", "16384"),
     ];
     if let Some(id) = &cfg.instance_id {
         settings.push(("group.instance.id", id));

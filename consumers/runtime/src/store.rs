@@ -275,6 +275,8 @@ impl StateDir {
                 dirty: BTreeSet::new(),
                 absent: BTreeSet::new(),
                 rebuilt: HashMap::new(),
+                cleared: false,
+                unseen: BTreeSet::new(),
                 hits: 0,
                 misses: 0,
             })),
@@ -321,6 +323,11 @@ struct Disk<S> {
     absent: BTreeSet<String>,
     /// States set by a restore, encoded, not yet written.
     rebuilt: HashMap<String, Vec<u8>>,
+    /// Emptied by a restore that has not finished: the keys of the snapshot
+    /// it loads are new (see [`Rebuild::put`]).
+    cleared: bool,
+    /// Keys a restore read and found on no disk, until it puts them: new.
+    unseen: BTreeSet<String>,
     hits: u64,
     misses: u64,
 }
@@ -466,6 +473,8 @@ impl<S: Serialize + DeserializeOwned + Default> Store<S> {
             batch.insert(&d.keys, k, v);
         }
         let position = Position { keys: d.len + added + added_rebuilt, ..position };
+        d.cleared = false;
+        d.unseen.clear();
         let meta = serde_json::to_vec(&position).expect("a position encodes");
         batch.insert(&d.dir.meta, d.meta_key.as_str(), meta);
         batch.commit().map_err(|e| d.dir.engine(e))?;
@@ -487,6 +496,7 @@ impl<S: Serialize + DeserializeOwned + Default> Store<S> {
                 d.absent.remove(&k);
             }
             d.rebuilt.clear();
+            d.unseen.clear();
         }
     }
 
@@ -576,7 +586,9 @@ impl<S: Serialize + DeserializeOwned + Default> Rebuild<S> for Store<S> {
             Some(raw) => raw.text().as_bytes().to_vec(),
             None => serde_json::to_vec(&state).map_err(|source| StoreError::Decode { key: key.clone(), source })?,
         };
-        if !d.rebuilt.contains_key(&key) && d.keys.contains_key(&key).map_err(|e| d.dir.engine(e))? {
+        // A key counts once (a lookup on disk only when it may be there).
+        let new = (json.is_some() && d.cleared) || d.unseen.remove(&key);
+        if !new && !d.rebuilt.contains_key(&key) && d.keys.contains_key(&key).map_err(|e| d.dir.engine(e))? {
             // Replaced on disk: counted once already.
             d.len = d.len.saturating_sub(1);
         }
@@ -595,7 +607,13 @@ impl<S: Serialize + DeserializeOwned + Default> Rebuild<S> for Store<S> {
     fn get(&mut self, key: &str) -> Result<KeyState<S>, RestoreError> {
         match &mut self.kind {
             Kind::Memory(m) => Rebuild::get(m, key),
-            Kind::Disk(d) => Ok(d.read(key)?.unwrap_or_default()),
+            Kind::Disk(d) => match d.read(key)? {
+                Some(state) => Ok(state),
+                None => {
+                    d.unseen.insert(key.to_string());
+                    Ok(KeyState::default())
+                }
+            },
         }
     }
 
@@ -614,6 +632,8 @@ impl<S: Serialize + DeserializeOwned + Default> Rebuild<S> for Store<S> {
         d.dirty.clear();
         d.absent.clear();
         d.rebuilt.clear();
+        d.cleared = true;
+        d.unseen.clear();
         Ok(())
     }
 }

@@ -107,8 +107,9 @@ struct StateArgs {
     /// instances). Default: <data-dir>/<worker>[-<instance-id>].
     #[arg(long, env = "WORKER_STATE_DIR")]
     state_dir: Option<std::path::PathBuf>,
-    /// Keys kept decoded in memory, over all of the instance's tasks (disk store).
-    #[arg(long, env = "WORKER_STATE_CACHE_KEYS", default_value_t = 50_000)]
+    /// Keys kept decoded in memory, over all of the instance's tasks (disk
+    /// store); about 1.5 KB each (a decoded state with its dedupe windows).
+    #[arg(long, env = "WORKER_STATE_CACHE_KEYS", default_value_t = 10_000)]
     state_cache_keys: usize,
     /// Bytes of the disk store's block cache (disk store).
     #[arg(long, default_value_t = 32 * 1024 * 1024, hide = true)]
@@ -233,6 +234,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         WorkerKind::Counter => runtime::run(Counter { delay: args.delay }, cfg, codec, metrics, ready, shutdown).await,
     }
 }
+
+/// mimalloc, not glibc's malloc: a restore allocates and frees millions of
+/// small states, which it does 1.4× as fast (measured: 1M keys rebuilt in
+/// 5.5 s instead of 7.2–8.8 s), and its memory does not pile up in
+/// per-thread arenas.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() {

@@ -152,9 +152,11 @@ impl Source for MemoryLog {
 /// of millions of keys does not hold them all in memory).
 pub trait Rebuild<S> {
     /// Sets a key's whole state; `json` is its text when the restore read it
-    /// so (a snapshot part), to store without encoding it again.
+    /// so: a snapshot part's, which names each key once since the last
+    /// [`Rebuild::clear`] (only the snapshot a restore starts with is loaded).
     fn put(&mut self, key: String, state: KeyState<S>, json: Option<&Raw>) -> Result<(), RestoreError>;
-    /// A key's state (the default one when it has none), to apply a change to.
+    /// A key's state (the default one when it has none), to apply a change
+    /// to and put back.
     fn get(&mut self, key: &str) -> Result<KeyState<S>, RestoreError>;
     /// Forgets every key (a read that starts again elsewhere).
     fn clear(&mut self) -> Result<(), RestoreError>;
