@@ -119,7 +119,7 @@ async fn main() {
          `cargo build --release --bins && cargo bench -p keyflow-e2e --bench state_store` (BENCH_KEYS={keys}, \
          BENCH_RATIO_RECORDS={ratio_records}, BENCH_RATIO_KEYS={ratio_keys}, BENCH_ROUNDS={rounds}), release build on {machine}, \
          `worker counter` on 1 partition, the embedded broker, default settings: `--state-store disk`, `--state-cache-keys` {cache} \
-         (decoded keys in memory over the instance), a 32 MiB block cache, default snapshots and dedupe windows (24 h).\n\n\
+         (decoded keys in memory over the instance), an 8 MiB block cache, 16 MiB memtables, default snapshots and dedupe windows (24 h).\n\n\
          | benchmark | result | target |\n|---|---|---|\n\
          | worker RSS with {held:.0} keys (disk store, {store_mib:.0} MiB on disk) | **{rss:.0} MiB** ({:.0} B/key) | ≤ 256 MiB |\n\
          | baseline: in-memory store, 965,238 keys (runtime-restore section) | 1,169 MiB (1,270 B/key) | |\n\

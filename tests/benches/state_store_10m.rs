@@ -65,7 +65,7 @@ async fn main() {
         "## State at scale: 10M keys in a bounded memory\n\n\
          `cargo build --release --bins && cargo bench -p keyflow-e2e --bench state_store_10m` (BENCH_KEYS={keys}), release \
          build on {machine}, `worker counter` on 1 partition, the embedded broker, default settings: `--state-store disk`, \
-         `--state-cache-keys` 10000 (the decoded keys kept in memory), a 32 MiB block cache; orders without big spenders \
+         `--state-cache-keys` 10000 (the decoded keys kept in memory), an 8 MiB block cache, 16 MiB memtables; orders without big spenders \
          (`--spend-limit-rate 0`).\n\n\
          | benchmark | result | target |\n|---|---|---|\n\
          | worker RSS with {held:.0} keys ({store_mib:.0} MiB on disk, cache 10,000 keys) | **{rss:.0} MiB** at the end, \

@@ -251,8 +251,10 @@ impl StateDir {
         let keys = self
             .db
             .keyspace(&format!("task-{p}"), || {
-                // Small memtables: a worker may hold many tasks.
-                fjall::KeyspaceCreateOptions::default().max_memtable_size(8 * 1024 * 1024)
+                // Memtables of 16 MiB: a worker may hold many tasks, and
+                // larger ones flush (and compact) less often (8 MiB: disk ÷
+                // memory throughput 0.77; 16 MiB: see BENCHMARKS.md).
+                fjall::KeyspaceCreateOptions::default().max_memtable_size(16 * 1024 * 1024)
             })
             .map_err(|e| self.engine(e))?;
         let meta_key = format!("task-{p}");

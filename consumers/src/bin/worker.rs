@@ -112,7 +112,7 @@ struct StateArgs {
     #[arg(long, env = "WORKER_STATE_CACHE_KEYS", default_value_t = 10_000)]
     state_cache_keys: usize,
     /// Bytes of the disk store's block cache (disk store).
-    #[arg(long, default_value_t = 32 * 1024 * 1024, hide = true)]
+    #[arg(long, default_value_t = 8 * 1024 * 1024, hide = true)]
     state_block_cache_bytes: u64,
 }
 
