@@ -363,7 +363,7 @@ impl<S> Store<S> {
     pub fn len(&self) -> u64 {
         match &self.kind {
             Kind::Memory(m) => m.len() as u64,
-            Kind::Disk(d) => d.len + d.absent.iter().filter(|k| d.dirty.contains(*k)).count() as u64,
+            Kind::Disk(d) => d.len + d.fresh().count() as u64,
         }
     }
 
@@ -469,7 +469,7 @@ impl<S: Serialize + DeserializeOwned + Default> Store<S> {
             let value = serde_json::to_vec(&c.state).map_err(|source| StoreError::Decode { key: k.clone(), source })?;
             batch.insert(&d.keys, k.as_str(), value);
         }
-        let added = d.absent.iter().filter(|k| d.dirty.contains(*k)).count() as u64;
+        let added = d.fresh().count() as u64;
         let added_rebuilt = d.rebuilt.len() as u64;
         for (k, v) in d.rebuilt.drain() {
             batch.insert(&d.keys, k, v);
@@ -533,14 +533,17 @@ impl<S: Serialize + DeserializeOwned + Default> Store<S> {
                     let raw = Raw::from_json(text).map_err(|source| StoreError::Decode { key: key.clone(), source })?;
                     Ok((key, raw))
                 });
-                let fresh = d
-                    .absent
-                    .iter()
-                    .filter(|k| d.dirty.contains(*k))
-                    .filter_map(|k| d.cache.get(k).map(|c| encode(k, &c.state)));
+                let fresh = d.fresh().filter_map(|k| d.cache.get(k).map(|c| encode(k, &c.state)));
                 Box::new(stored.chain(fresh))
             }
         }
+    }
+}
+
+impl<S> Disk<S> {
+    /// Changed keys not yet on disk: new since the last [`Store::persist`].
+    fn fresh(&self) -> impl Iterator<Item = &String> {
+        self.absent.iter().filter(|k| self.dirty.contains(*k))
     }
 }
 

@@ -142,20 +142,20 @@ impl<W: Worker> Ctx<W> {
         for p in &released {
             let Some(mut task) = tasks.remove(p) else { continue };
             if let Some(u) = task.unacked.take() {
-                // Never wait here: what the flush did not deliver stays unmarked.
+                // Never wait here: what the flush did not deliver stays
+                // unmarked, and the store keeps its position (a restore reads
+                // that batch again).
                 let acked =
                     u.deliveries.into_iter().all(|d| matches!(futures::FutureExt::now_or_never(d), Some(Ok(Ok(_)))));
                 if !acked {
-                    task.unacked = Some(Unacked { batch: u.batch, deliveries: vec![], offsets: vec![] });
-                } else {
-                    committable.extend(u.offsets);
-                    if self.cfg.guarantee.records() {
-                        if let Some((_, d)) =
-                            queue_published(&self.producer, &self.state_topic, *p, u.batch, task.stamp())
-                        {
-                            task.ownership.queued.push(d);
-                            marked = true;
-                        }
+                    continue;
+                }
+                committable.extend(u.offsets);
+                if self.cfg.guarantee.records() {
+                    if let Some((_, d)) = queue_published(&self.producer, &self.state_topic, *p, u.batch, task.stamp())
+                    {
+                        task.ownership.queued.push(d);
+                        marked = true;
                     }
                 }
             }
