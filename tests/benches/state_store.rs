@@ -77,15 +77,24 @@ async fn main() {
     // kill -9, new input waiting, restart: start → first processed input.
     kill(&mut w);
     produce_orders(&stack, 1_000, 8, 100_000_000);
+    let log_at = std::fs::metadata(&w.log).map(|m| m.len()).unwrap_or(0) as usize;
     let started = Instant::now();
     let mut w = spawn_counter(&stack, &[]);
     until_outputs(&stack, &mut w, keys as i64 + 1).await;
+    if std::env::var("BENCH_VERBOSE").is_ok() {
+        let log = std::fs::read_to_string(&w.log).unwrap_or_default();
+        eprintln!("{}", &log[log_at.min(log.len())..]);
+    }
     let first_seen = started.elapsed().as_secs_f64();
     let page = ready_metrics(&mut w).await;
     let first = metric_sum(&page, m::WORKER_FIRST_RECORD_SECONDS, None);
     let tail_records = metric_sum(&page, m::WORKER_RESTORE_RECORDS, None);
     let resumed = metric_sum(&page, m::WORKER_STORE_STARTS, Some(("result", "resumed")));
-    eprintln!("kill -9 → first input {first:.2} s (first output seen {first_seen:.2} s), {tail_records} records read");
+    let resume_s = metric_sum(&page, &format!("{}_sum", m::WORKER_RESTORE_SECONDS), None);
+    eprintln!(
+        "kill -9 → first input {first:.2} s (first output seen {first_seen:.2} s), {tail_records} records read, \
+         restore {resume_s:.2} s"
+    );
     until_outputs(&stack, &mut w, keys as i64 + 1_000).await;
     // The partition moves to an instance without its store: rebuilt from the snapshot.
     kill(&mut w);

@@ -24,6 +24,8 @@ struct Instance {
     state: PathBuf,
     brokers: String,
     registry: String,
+    /// Flags added to the test's own.
+    extra: Vec<&'static str>,
 }
 
 impl Instance {
@@ -33,13 +35,15 @@ impl Instance {
             state: dir.join("state").join("a"),
             brokers: stack.kafka.brokers.clone(),
             registry: stack.registry.registry.clone(),
+            extra: vec![],
         }
     }
 
     /// Starts it; returns the process and its metrics page once it is ready.
     async fn start(&self) -> (Child, String) {
         let addr = format!("127.0.0.1:{}", keyflow_e2e::free_port());
-        let extra = ["--metrics-addr", &addr, "--snapshot-interval-bytes", "200000", "--max-batch", "100"];
+        let mut extra = vec!["--metrics-addr", &addr, "--snapshot-interval-bytes", "200000", "--max-batch", "100"];
+        extra.extend(&self.extra);
         let child = spawn_worker_with(&self.brokers, &self.registry, "a", &self.log, &extra);
         let page = wait_ready(&addr, &self.log).await;
         (child, page)
@@ -128,6 +132,34 @@ async fn a_deleted_store_is_rebuilt_from_the_changelog_with_exact_state() {
     assert_eq!(starts(&page, "rebuilt"), PARTITIONS as f64, "a missing store is rebuilt:\n{page}");
     assert_eq!(starts(&page, "resumed"), 0.0);
     r.finish(w).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_larger_than_a_changelog_record_are_written_in_pieces_and_rebuilt_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = run(dir.path(), 6_000).await;
+    // Records of 2 KiB (snapshot parts of 1 KiB): a key with more than ~15
+    // orders in its dedupe window outgrows one, as a key with thousands does
+    // at the default size.
+    r.a.extra = vec!["--changelog-record-bytes", "2048"];
+    let (mut w, _) = r.a.start().await;
+    wait_outputs(&mut r.tail, &r.codec, r.total * 2 / 3, &r.a.log).await;
+    kill_9(&mut w);
+    let changelog = keyflow_devstack::inspect::read_raw(&r.stack.kafka, "counter-state", usize::MAX).await.unwrap();
+    let pieces = changelog.iter().filter(|c| c.payload.as_ref().is_some_and(|v| contains(v, b"{\"more\":"))).count();
+    let largest = changelog.iter().filter_map(|c| c.payload.as_ref().map(Vec::len)).max().unwrap_or(0);
+    eprintln!("{} changelog records, {pieces} pieces, the largest {largest} bytes", changelog.len());
+    assert!(pieces > 0, "some key's state was written in pieces");
+    assert!(largest < 2048 + 1024, "no record much larger than --changelog-record-bytes: {largest}");
+    // Rebuilt from the snapshot (pieces joined), then every order once.
+    std::fs::remove_dir_all(&r.a.state).unwrap();
+    let (w, page) = r.a.start().await;
+    assert_eq!(starts(&page, "rebuilt"), PARTITIONS as f64, "a missing store is rebuilt:\n{page}");
+    r.finish(w).await;
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -303,38 +303,168 @@ pub const SNAPSHOT_HEADER: &str = "keyflow.snapshot";
 /// offset (decimal) of its writer's [`Entry::Claim`], its lineage.
 pub const LINEAGE_HEADER: &str = "keyflow.lineage";
 
-/// Where a run of items is cut into parts of about `max_part_bytes` each,
-/// given each item's size in order: the index of every part's first item
-/// (at least one part, so an empty state is a snapshot too).
-pub fn part_bounds(sizes: impl IntoIterator<Item = usize>, max_part_bytes: usize) -> Vec<usize> {
-    let mut bounds = vec![0];
-    let mut size = 0;
+/// How a run of keys' states is cut into records of about `max` bytes of
+/// states each: runs of whole states, and a state too large for a record
+/// of its own as a run of pieces, each alone in its record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// The states `start..end`, whole (none: an empty snapshot).
+    Whole { start: usize, end: usize },
+    /// Piece `piece` of `pieces` of state `item`'s JSON text.
+    Piece { item: usize, piece: usize, pieces: usize },
+}
+
+/// A piece of a key's state (see [`Cut`]), as a record's map of states
+/// holds it in the key's place: `{"more": text}`, then `{"last": text}`;
+/// the texts joined are the state's JSON. (A state's JSON is an object
+/// whose first field is `s`, or `state` in earlier versions, so the two
+/// never look alike.)
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Piece {
+    More(String),
+    Last(String),
+}
+
+impl Piece {
+    /// The piece `v` holds, if it is one.
+    pub fn of(v: &Raw) -> Option<serde_json::Result<Piece>> {
+        let t = v.text();
+        (t.starts_with("{\"more\":") || t.starts_with("{\"last\":")).then(|| v.parse())
+    }
+}
+
+/// Text per piece: escaped as a JSON string, a piece takes at most twice that.
+fn piece_bytes(max: usize) -> usize {
+    (max / 2).max(1)
+}
+
+/// The cuts of states whose sizes ([`state_len`]) are `sizes`, in order
+/// (at least one, so an empty state is a snapshot too).
+pub fn cuts(sizes: impl IntoIterator<Item = usize>, max: usize) -> Vec<Cut> {
+    let (mut cuts, mut start, mut size, mut n) = (vec![], 0, 0, 0);
     for (i, len) in sizes.into_iter().enumerate() {
-        if size > 0 && size + len > max_part_bytes {
-            bounds.push(i);
-            size = 0;
+        n = i + 1;
+        if len > max {
+            if i > start {
+                cuts.push(Cut::Whole { start, end: i });
+            }
+            let pieces = len.div_ceil(piece_bytes(max));
+            cuts.extend((0..pieces).map(|piece| Cut::Piece { item: i, piece, pieces }));
+            (start, size) = (i + 1, 0);
+            continue;
+        }
+        if size > 0 && size + len > max {
+            cuts.push(Cut::Whole { start, end: i });
+            (start, size) = (i, 0);
         }
         size += len;
     }
-    bounds
+    if start < n || cuts.is_empty() {
+        cuts.push(Cut::Whole { start, end: n });
+    }
+    cuts
 }
 
-/// `items` cut into parts of about `max_part_bytes` each (see [`part_bounds`]);
-/// no part for no items.
-pub fn split<T>(items: Vec<T>, size: impl Fn(&T) -> usize, max_part_bytes: usize) -> Vec<Vec<T>> {
-    if items.is_empty() {
-        return vec![];
-    }
-    let bounds = part_bounds(items.iter().map(size), max_part_bytes);
-    let mut rest = items.into_iter();
-    bounds
-        .iter()
-        .enumerate()
-        .map(|(i, start)| {
-            let end = bounds.get(i + 1).copied().unwrap_or(usize::MAX);
-            rest.by_ref().take(end.saturating_sub(*start)).collect()
+/// `text` in exactly `n` pieces of about equal length, cut between
+/// characters (the last ones empty if the text is shorter than planned).
+fn split_text(text: &str, n: usize) -> Vec<String> {
+    let each = text.len().div_ceil(n.max(1)).max(1);
+    let mut at = 0;
+    (0..n)
+        .map(|_| {
+            let mut end = (at + each).min(text.len());
+            while !text.is_char_boundary(end) {
+                end += 1;
+            }
+            let piece = text[at..end].to_string();
+            at = end;
+            piece
         })
         .collect()
+}
+
+/// The records' maps of states of `entries` (in order), cut as [`cuts`]
+/// planned from their sizes.
+pub struct Records<I> {
+    entries: I,
+    cuts: std::vec::IntoIter<Cut>,
+    /// The key being written in pieces, with its pieces still to write.
+    open: Option<(String, std::vec::IntoIter<String>)>,
+}
+
+impl<I, E> Records<I>
+where
+    I: Iterator<Item = Result<(String, Raw), E>>,
+{
+    /// `sizes`: each state's [`state_len`], in the order `entries` yields them.
+    pub fn new(sizes: impl IntoIterator<Item = usize>, entries: I, max: usize) -> Self {
+        Records { entries, cuts: cuts(sizes, max).into_iter(), open: None }
+    }
+
+    /// How many records there are.
+    pub fn len(&self) -> usize {
+        self.cuts.len()
+    }
+
+    /// Whether there is no record (never: an empty state is one).
+    pub fn is_empty(&self) -> bool {
+        self.cuts.len() == 0
+    }
+}
+
+impl<I, E> Iterator for Records<I>
+where
+    I: Iterator<Item = Result<(String, Raw), E>>,
+{
+    type Item = Result<BTreeMap<String, Raw>, E>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let mut map = BTreeMap::new();
+        match self.cuts.next()? {
+            Cut::Whole { start, end } => {
+                for e in self.entries.by_ref().take(end - start) {
+                    match e {
+                        Ok((k, v)) => map.insert(k, v),
+                        Err(e) => return Some(Err(e)),
+                    };
+                }
+            }
+            Cut::Piece { piece, pieces, .. } => {
+                if piece == 0 {
+                    let (key, v) = match self.entries.next()? {
+                        Ok(kv) => kv,
+                        Err(e) => return Some(Err(e)),
+                    };
+                    self.open = Some((key, split_text(v.text(), pieces).into_iter()));
+                }
+                let (key, rest) = self.open.as_mut().expect("a piece follows the first of its key");
+                let text = rest.next().unwrap_or_default();
+                let p = if piece + 1 == pieces { Piece::Last(text) } else { Piece::More(text) };
+                map.insert(key.clone(), Raw::of(&p).expect("a piece encodes"));
+            }
+        }
+        Some(Ok(map))
+    }
+}
+
+/// `items` cut into parts of about `max_part_bytes` each (an item larger
+/// than that alone in its part); no part for no items.
+pub fn split<T>(items: Vec<T>, size: impl Fn(&T) -> usize, max_part_bytes: usize) -> Vec<Vec<T>> {
+    let mut parts: Vec<Vec<T>> = vec![];
+    let mut bytes = 0;
+    for item in items {
+        let len = size(&item);
+        match parts.last_mut() {
+            Some(part) if bytes + len <= max_part_bytes => part.push(item),
+            _ => {
+                parts.push(vec![item]);
+                bytes = 0;
+            }
+        }
+        bytes += len;
+    }
+    parts
 }
 
 /// Bytes a key takes in a part's JSON map of states (`"key":value,`).
@@ -394,8 +524,12 @@ pub fn batch_entries<S: Serialize>(
     }
     let Entry::Commit { states, .. } = whole else { unreachable!("built above") };
     let mut log = Vec::new();
-    for part in split(states.into_iter().collect(), |(k, v)| state_len(k, v.len()), max_record_bytes) {
-        log.push(Entry::States { states: part.into_iter().collect() });
+    if !states.is_empty() {
+        let sizes: Vec<usize> = states.iter().map(|(k, v)| state_len(k, v.len())).collect();
+        let entries = states.into_iter().map(Ok::<_, std::convert::Infallible>);
+        for states in Records::new(sizes, entries, max_record_bytes) {
+            log.push(Entry::States { states: states.unwrap_or_else(|never| match never {}) });
+        }
     }
     for records in split(outbox.to_vec(), outbox_len, max_record_bytes) {
         log.push(Entry::Outbox { records });
@@ -405,16 +539,16 @@ pub fn batch_entries<S: Serialize>(
 }
 
 /// A snapshot of every key's state as of `batch`, built one part at a time
-/// (each about `max_part_bytes` of states) so that memory holds a few parts,
-/// never a copy of the whole state. It reads the states twice: their sizes
-/// first (to count the parts), then the states, in the same order.
+/// (each about `max_part_bytes` of states, a larger key in pieces: see
+/// [`Cut`]) so that memory holds a few parts, never a copy of the whole
+/// state. It reads the states twice: their sizes first (to count the parts),
+/// then the states, in the same order.
 pub struct SnapshotParts<I> {
     batch: u64,
     checkpoint: BTreeMap<String, i64>,
-    entries: I,
-    bounds: Vec<usize>,
-    next: usize,
-    total: usize,
+    records: Records<I>,
+    parts: u32,
+    next: u32,
 }
 
 impl<I, E> SnapshotParts<I>
@@ -429,14 +563,14 @@ where
         entries: I,
         max_part_bytes: usize,
     ) -> Self {
-        let total = sizes.len();
-        let bounds = part_bounds(sizes, max_part_bytes);
-        SnapshotParts { batch, checkpoint, entries, bounds, next: 0, total }
+        let records = Records::new(sizes, entries, max_part_bytes);
+        let parts = records.len() as u32;
+        SnapshotParts { batch, checkpoint, records, parts, next: 0 }
     }
 
     /// How many parts the snapshot has.
     pub fn parts(&self) -> u32 {
-        self.bounds.len() as u32
+        self.parts
     }
 }
 
@@ -459,19 +593,13 @@ where
     type Item = Result<Entry, E>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let i = self.next;
-        let start = *self.bounds.get(i)?;
-        let end = self.bounds.get(i + 1).copied().unwrap_or(self.total);
+        let states = match self.records.next()? {
+            Ok(states) => states,
+            Err(e) => return Some(Err(e)),
+        };
+        let (batch, part, parts, checkpoint) = (self.batch, self.next, self.parts, self.checkpoint.clone());
         self.next += 1;
-        let mut part = BTreeMap::new();
-        for e in self.entries.by_ref().take(end - start) {
-            match e {
-                Ok((k, v)) => part.insert(k, v),
-                Err(e) => return Some(Err(e)),
-            };
-        }
-        let (batch, parts, checkpoint) = (self.batch, self.bounds.len() as u32, self.checkpoint.clone());
-        Some(Ok(Entry::Snapshot { batch, part: i as u32, parts, checkpoint, states: part }))
+        Some(Ok(Entry::Snapshot { batch, part, parts, checkpoint, states }))
     }
 }
 

@@ -9,6 +9,7 @@
 //!
 //! - [`task`]: the [`task::Worker`] trait and a batch applied under per-key
 //!   state with dedupe, offset guard and per-key order (pure, no Kafka).
+//! - [`window`]: the dedupe windows, ids kept as 128-bit hashes.
 //! - [`keyed`]: ordered per key, concurrent across keys, bounded.
 //! - [`changelog`]: record the decision, then publish it — entries and restore (pure).
 //! - [`runtime`]: the consumer-group member running partition tasks.
@@ -24,3 +25,4 @@ pub mod metrics;
 pub mod runtime;
 pub mod store;
 pub mod task;
+pub mod window;

@@ -81,15 +81,15 @@ use transact::*;
 
 /// A batch stops gathering inputs at this many payload bytes (whatever
 /// `--max-batch` says), so that the changelog parts of a batch (its outbox and
-/// state changes, see [`decision_records`]) stay few.
+/// state changes, see [`changelog::batch_entries`]) stay few.
 const MAX_BATCH_INPUT_BYTES: usize = 1024 * 1024;
 
-/// A batch's commit record carries its state changes when it stays below this.
-const MAX_COMMIT_BYTES: usize = 512 * 1024;
-
-/// State bytes per snapshot part (records stay well below the clients' 1 MiB
-/// `message.max.bytes`; a single larger key gets a part of its own).
-const SNAPSHOT_PART_BYTES: usize = 256 * 1024;
+/// The default of [`RuntimeConfig::changelog_record_bytes`]: a batch's
+/// commit record carries its state changes when it stays below this, and
+/// snapshot parts hold half of it — well below the clients' 1 MiB
+/// `message.max.bytes`. A key's state larger than a record is written in
+/// pieces ([`changelog::Cut`]).
+pub const CHANGELOG_RECORD_BYTES: usize = 512 * 1024;
 
 /// How many of a transactional changelog's last offsets a restore reads, one
 /// try after another, to find the latest snapshot pointer (a batch writes a
@@ -728,10 +728,12 @@ mod tests {
             })
             .collect();
         let checkpoint = BTreeMap::from([("orders/0".to_string(), 6_000)]);
-        let log = decision_records("payment-state", 0, 7, &checkpoint, &outbox, &changed, Stamp::default()).unwrap();
+        let max = CHANGELOG_RECORD_BYTES;
+        let entries = changelog::batch_entries(7, &checkpoint, &outbox, &changed, max).unwrap();
+        let log = decision_records("payment-state", 0, &entries, Stamp::default()).unwrap();
         assert!(log.len() > 2 && log.len() < 20, "split into a few records, not one per key: {}", log.len());
         for r in &log {
-            assert!(r.value.len() <= MAX_COMMIT_BYTES + 4096, "a {}-byte changelog record", r.value.len());
+            assert!(r.value.len() <= max + 4096, "a {}-byte changelog record", r.value.len());
         }
         let entries: Vec<Entry> = log.iter().map(|r| serde_json::from_slice(&r.value).unwrap()).collect();
         assert_eq!(entries.last().map(Entry::kind), Some("commit"), "the commit comes last");

@@ -200,6 +200,9 @@ impl std::fmt::Debug for StateDir {
 /// The lock file in a state directory; it names its holder.
 const LOCK_FILE: &str = "keyflow.lock";
 
+/// The most journal the store keeps (and a start after a crash replays).
+const JOURNAL_BYTES: u64 = 64 * 1024 * 1024;
+
 impl StateDir {
     /// Opens (creating) `path` and locks it for this instance; refuses a
     /// directory another running instance holds.
@@ -229,7 +232,17 @@ impl StateDir {
         lock.rewind().map_err(io("cannot write its lock file"))?;
         writeln!(lock, "pid {} on {}", std::process::id(), host.trim()).map_err(io("cannot write its lock file"))?;
         let engine = |e: fjall::Error| StoreError::Engine { why: e.to_string(), dir: path.to_path_buf() };
-        let open = || fjall::Database::builder(path.join("db")).cache_size(block_cache_bytes).open();
+        // The journal is replayed at every start after a crash, up to its
+        // whole size: fjall keeps up to 512 MiB by default (the `meta`
+        // keyspace's memtable, written a little at every persist, never fills
+        // and holds every journal file), and replaying that took seconds.
+        // 64 MiB (fjall's minimum) forces the flushes earlier.
+        let open = || {
+            fjall::Database::builder(path.join("db"))
+                .cache_size(block_cache_bytes)
+                .max_journaling_size(JOURNAL_BYTES)
+                .open()
+        };
         let db = match open() {
             Ok(db) => db,
             Err(e) => {

@@ -13,6 +13,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::keyed::KeyedRunner;
+pub use crate::window::{Id, Window};
 
 /// One decoded input record.
 #[derive(Debug, Clone)]
@@ -60,38 +61,6 @@ pub trait Worker: Send + Sync + 'static {
     /// publication requests without an approved contract); exported as a gauge.
     fn pending(&self, _state: &Self::State) -> usize {
         0
-    }
-}
-
-/// Remembered ids with their event time, pruned by event-time retention.
-/// (A hash map: most keys remember a handful of ids, and a B-tree node costs
-/// a few hundred bytes however few it holds — a million keys' worth of state.)
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Window {
-    seen: HashMap<String, i64>,
-    /// Ids remembered since the last [`KeyState::take_delta`].
-    #[serde(skip)]
-    fresh: Vec<(String, i64)>,
-}
-
-impl Window {
-    fn contains(&self, id: &str) -> bool {
-        self.seen.contains_key(id)
-    }
-    fn insert(&mut self, id: &str, at: i64) {
-        self.seen.insert(id.to_string(), at);
-        self.fresh.push((id.to_string(), at));
-    }
-    fn prune(&mut self, older_than: i64) {
-        self.seen.retain(|_, at| *at >= older_than);
-    }
-    /// Remembered ids.
-    pub fn len(&self) -> usize {
-        self.seen.len()
-    }
-    /// Whether nothing is remembered.
-    pub fn is_empty(&self) -> bool {
-        self.seen.is_empty()
     }
 }
 
@@ -151,34 +120,48 @@ impl<'de> Deserialize<'de> for Offsets {
     }
 }
 
-/// A key's worker state plus the runtime's per-key bookkeeping.
+/// A key's worker state plus the runtime's per-key bookkeeping. Its JSON
+/// (snapshots, the local store) uses one-letter names, since a restore reads
+/// every key's; the long names of earlier versions are still read.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct KeyState<S> {
+    #[serde(rename = "s", alias = "state")]
     pub state: S,
     /// Input `event_id`s already applied (copies are dropped).
+    #[serde(rename = "e", alias = "event_ids")]
     pub event_ids: Window,
     /// Input `idempotency_key`s already applied (re-sent facts are duplicates).
+    #[serde(rename = "i", alias = "idempotency_keys")]
     pub idempotency_keys: Window,
     /// Highest input offset applied, per input partition (`topic/partition`).
+    #[serde(rename = "o", alias = "last_offsets")]
     pub last_offsets: Offsets,
     /// Highest event time seen for this key (drives pruning).
+    #[serde(rename = "t", alias = "max_event_time")]
     pub max_event_time: i64,
 }
 
 /// A key's change over one batch, as the changelog records it: worker state
 /// and bookkeeping replaced, the ids remembered in the batch added, ids older
 /// than `horizon` forgotten. Its size follows the batch, not the dedupe
-/// windows, which a busy key fills with thousands of ids.
+/// windows, which a busy key fills with thousands of ids. Named like
+/// [`KeyState`] (`h`: horizon).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KeyDelta<S> {
+    #[serde(rename = "s", alias = "state")]
     pub state: S,
+    #[serde(rename = "o", alias = "last_offsets")]
     pub last_offsets: Offsets,
+    #[serde(rename = "t", alias = "max_event_time")]
     pub max_event_time: i64,
+    #[serde(rename = "h", alias = "horizon")]
     pub horizon: i64,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub event_ids: Vec<(String, i64)>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub idempotency_keys: Vec<(String, i64)>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty", with = "crate::window::ids")]
+    #[serde(rename = "e", alias = "event_ids")]
+    pub event_ids: Vec<(Id, i64)>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty", with = "crate::window::ids")]
+    #[serde(rename = "i", alias = "idempotency_keys")]
+    pub idempotency_keys: Vec<(Id, i64)>,
 }
 
 impl<S: Clone> KeyState<S> {
@@ -194,8 +177,8 @@ impl<S: Clone> KeyState<S> {
             last_offsets: self.last_offsets.clone(),
             max_event_time: self.max_event_time,
             horizon,
-            event_ids: std::mem::take(&mut self.event_ids.fresh),
-            idempotency_keys: std::mem::take(&mut self.idempotency_keys.fresh),
+            event_ids: self.event_ids.take_fresh(),
+            idempotency_keys: self.idempotency_keys.take_fresh(),
         }
     }
 
@@ -204,10 +187,8 @@ impl<S: Clone> KeyState<S> {
         self.state = d.state;
         self.last_offsets = d.last_offsets;
         self.max_event_time = d.max_event_time;
-        for (w, ids) in [(&mut self.event_ids, d.event_ids), (&mut self.idempotency_keys, d.idempotency_keys)] {
-            w.seen.extend(ids);
-            w.prune(d.horizon);
-        }
+        self.event_ids.extend(d.event_ids, d.horizon);
+        self.idempotency_keys.extend(d.idempotency_keys, d.horizon);
     }
 }
 
@@ -520,6 +501,24 @@ mod tests {
         let back: Offsets = serde_json::from_str(r#"{"orders/0":5,"payments/0":7}"#).unwrap();
         assert_eq!(back, o, "equal whatever the order");
         assert_eq!((back.get("orders/0"), back.get("x")), (Some(5), None));
+    }
+
+    #[test]
+    fn states_and_changes_written_by_earlier_versions_are_read() {
+        let old = r#"{"state":{"count":3},"event_ids":{"seen":{"e-1":5}},"idempotency_keys":{"seen":{"k-1":5}},
+            "last_offsets":{"orders/0":9},"max_event_time":5}"#;
+        let ks: KeyState<crate::counter::CounterState> = serde_json::from_str(old).unwrap();
+        assert_eq!((ks.state.count, ks.last_offsets.get("orders/0"), ks.max_event_time), (3, Some(9), 5));
+        assert!(ks.event_ids.contains("e-1") && ks.idempotency_keys.contains("k-1"));
+        let back: KeyState<crate::counter::CounterState> =
+            serde_json::from_str(&serde_json::to_string(&ks).unwrap()).unwrap();
+        assert_eq!(back, ks);
+        let old = r#"{"state":{"count":4},"last_offsets":{"orders/0":10},"max_event_time":6,"horizon":0,
+            "event_ids":[["e-2",6]],"idempotency_keys":[["k-2",6]]}"#;
+        let d: KeyDelta<crate::counter::CounterState> = serde_json::from_str(old).unwrap();
+        let mut ks = ks;
+        ks.apply_delta(d);
+        assert!(ks.event_ids.contains("e-1") && ks.event_ids.contains("e-2") && ks.idempotency_keys.contains("k-2"));
     }
 
     #[tokio::test]

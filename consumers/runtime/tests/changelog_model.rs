@@ -9,8 +9,9 @@
 //!
 //! Everything but the log is the real code: the counter worker decided by
 //! `task::process_batch`, batches cut into records by
-//! `changelog::batch_entries`, snapshots by `changelog::SnapshotParts`,
-//! restores by `changelog::restore`. The log is an in-memory partition.
+//! `changelog::batch_entries`, snapshots by `changelog::SnapshotParts`
+//! (with records small enough that keys are written in pieces), restores
+//! by `changelog::restore`. The log is an in-memory partition.
 //!
 //! What every restore must give, whatever the schedule:
 //! - the state of exactly the inputs below its checkpoint (never older,
@@ -178,6 +179,8 @@ struct Model {
     stores: Vec<Option<(States, Position)>>,
     /// Claims that continued a local store.
     resumed: usize,
+    /// Records holding a piece of a key's state.
+    pieces: usize,
     trace: Vec<String>,
 }
 
@@ -208,12 +211,16 @@ impl Model {
             claims: true,
             stores: vec![None; MACHINES],
             resumed: 0,
+            pieces: 0,
             trace: vec![],
         }
     }
 
     fn append(&mut self, o: usize, entry: Entry) -> i64 {
         let (lineage, pointer) = (self.owners[o].lineage, self.owners[o].snapshot);
+        if let Entry::States { states } | Entry::Snapshot { states, .. } = &entry {
+            self.pieces += states.values().filter(|v| changelog::Piece::of(v).is_some()).count();
+        }
         let at = self.log.append(entry, self.claims.then_some(lineage), pointer);
         self.owners[o].last = at;
         at
@@ -410,7 +417,8 @@ impl Model {
         let next = (from + n) as i64;
         let batch = self.owners[o].next_batch;
         let checkpoint = BTreeMap::from([(INPUT.to_string(), next)]);
-        // Small records now and then, so batches are cut into parts.
+        // Small records now and then, so batches are cut into parts, and a
+        // key's change larger than a record into pieces.
         let max = if self.rng.random_bool(0.3) { 120 } else { 512 * 1024 };
         let entries = changelog::batch_entries(batch, &checkpoint, &out, &result.changed, max).unwrap();
         self.trace.push(format!("owner {} records batch {batch} ({from}..{next}, {} records)", o, entries.len()));
@@ -465,7 +473,9 @@ impl Model {
         let batch = owner.next_batch - 1;
         let checkpoint = BTreeMap::from([(INPUT.to_string(), owner.next)]);
         let states = owner.states.clone();
-        let part_bytes = if self.rng.random_bool(0.5) { 1 } else { 1 << 20 };
+        // Small parts now and then: one key a part, and keys larger than
+        // a part in pieces (a record each).
+        let part_bytes = [60, 200, 1 << 20][self.rng.random_range(0..3)];
         let parts: Vec<Entry> =
             changelog::snapshot_of(batch, checkpoint, &states, part_bytes).map(Result::unwrap).collect();
         self.trace.push(format!("owner {o} snapshots batch {batch} in {} parts", parts.len()));
@@ -604,12 +614,13 @@ fn schedules(default: u64) -> u64 {
     std::env::var("KEYFLOW_MODEL_SCHEDULES").ok().and_then(|s| s.parse().ok()).unwrap_or(default)
 }
 
-/// Runs one schedule: how it ended, and how many claims continued a local store.
-fn run_seed(seed: u64, claims: bool) -> Result<(End, usize), String> {
+/// Runs one schedule: how it ended, how many claims continued a local
+/// store, and how many records held a piece of a key's state.
+fn run_seed(seed: u64, claims: bool) -> Result<(End, usize, usize), String> {
     let mut model = Model::new(seed);
     model.claims = claims;
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.run(60)));
-    result.map(|end| (end, model.resumed)).map_err(|e| {
+    result.map(|end| (end, model.resumed, model.pieces)).map_err(|e| {
         let why = e.downcast_ref::<String>().cloned().or(e.downcast_ref::<&str>().map(|s| s.to_string()));
         format!("seed {seed}: {}\ntrace:\n  {}", why.unwrap_or_default(), model.trace.join("\n  "))
     })
@@ -626,10 +637,11 @@ fn every_restore_across_crashes_zombies_and_trims_equals_the_state_below_its_che
     }
     let schedules = schedules(10_000);
     let started = std::time::Instant::now();
-    let (mut done, mut refused, mut resumed) = (0, 0, 0);
+    let (mut done, mut refused, mut resumed, mut pieces) = (0, 0, 0, 0);
     for seed in 0..schedules {
-        let (end, from_store) = run_seed(seed, true).unwrap_or_else(|e| panic!("{e}"));
+        let (end, from_store, pieced) = run_seed(seed, true).unwrap_or_else(|e| panic!("{e}"));
         resumed += from_store;
+        pieces += pieced;
         match end {
             End::Done => done += 1,
             End::RefusedTrimmedLog => refused += 1,
@@ -638,11 +650,12 @@ fn every_restore_across_crashes_zombies_and_trims_equals_the_state_below_its_che
     }
     eprintln!(
         "changelog model: {schedules} schedules ({done} to the end, {refused} refused a log trimmed below its history, \
-         {resumed} claims continued a local store) in {:?}",
+         {resumed} claims continued a local store, {pieces} records held a piece of a key) in {:?}",
         started.elapsed()
     );
     assert!(done > schedules / 2, "most schedules run to the end");
     assert!(resumed > schedules as usize, "claims continue local stores");
+    assert!(pieces > schedules as usize, "keys are written in pieces");
 }
 
 /// The model is not vacuous: run on the protocol before claims existed (no
@@ -658,7 +671,7 @@ fn without_claims_the_model_finds_restores_that_are_not_the_state_below_their_ch
     let (mut wrong, mut refused) = (0, 0);
     for seed in 0..schedules {
         match run_seed(seed, false) {
-            Ok((End::RefusedInterleavedLog, _)) => refused += 1,
+            Ok((End::RefusedInterleavedLog, ..)) => refused += 1,
             Ok(_) => {}
             Err(_) => wrong += 1,
         }

@@ -57,6 +57,10 @@ struct Args {
     /// snapshot (at least the snapshot's own size): bounds restore time.
     #[arg(long, default_value_t = 16 * 1024 * 1024)]
     snapshot_interval_bytes: u64,
+    /// Changelog records stay about this size; a key's state larger than
+    /// one is written in pieces (tests use small records to see pieces).
+    #[arg(long, default_value_t = runtime::CHANGELOG_RECORD_BYTES, hide = true)]
+    changelog_record_bytes: usize,
     /// Keep the changelog's whole history: do not delete the records below a
     /// task's latest snapshot once it is written (DeleteRecords). By default
     /// the changelog stays about the size of the state.
@@ -167,6 +171,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         max_record_bytes: args.max_record_bytes,
         assignor: args.assignor,
         snapshot_interval_bytes: args.snapshot_interval_bytes,
+        changelog_record_bytes: args.changelog_record_bytes,
         trim_changelog: !args.keep_changelog_history,
         guarantee: args.guarantee,
         serial_task_writes: args.serial_task_writes,

@@ -343,6 +343,8 @@ struct Walker<'s, S> {
     at_low: Option<i64>,
     /// The leading snapshot while its parts load: (batch, next part, parts, lineage).
     loading: Option<(u64, u32, u32, Option<i64>)>,
+    /// The pieces of a large key's state in the leading snapshot.
+    pieces: Joiner,
     /// Continuing a local store: what it cannot follow is [`RestoreError::NotResumable`].
     resuming: bool,
 }
@@ -359,6 +361,7 @@ impl<'s, S: DeserializeOwned + Default + Clone> Walker<'s, S> {
             expect: start,
             at_low: None,
             loading: None,
+            pieces: Joiner::default(),
             resuming: false,
         }
     }
@@ -451,6 +454,7 @@ impl<'s, S: DeserializeOwned + Default + Clone> Walker<'s, S> {
         self.expect = start;
         self.at_low = None;
         self.loading = None;
+        self.pieces = Joiner::default();
         Ok(())
     }
 
@@ -475,6 +479,7 @@ impl<'s, S: DeserializeOwned + Default + Clone> Walker<'s, S> {
         self.current = Some(claim);
         self.r.proof = Some(claim);
         self.loading = None;
+        self.pieces = Joiner::default();
         Ok(())
     }
 
@@ -506,8 +511,8 @@ impl<'s, S: DeserializeOwned + Default + Clone> Walker<'s, S> {
                 return Err(RestoreError::corrupt(format!("the restore starts at {o} but read {offset} first")));
             }
             self.r.checkpoint = checkpoint;
-            self.load(states)?;
             self.r.last_batch = batch;
+            self.load(states, (0, parts))?;
             self.r.proof = Some(offset);
             self.current = lineage;
             self.loading = Some((batch, 1, parts, lineage));
@@ -546,7 +551,7 @@ impl<'s, S: DeserializeOwned + Default + Clone> Walker<'s, S> {
             } else {
                 match entry {
                     Entry::Snapshot { batch: b, part, states, .. } if b == batch && part == next => {
-                        self.load(states)?;
+                        self.load(states, (part, parts))?;
                         self.r.proof = Some(offset);
                         self.loading = Some((batch, next + 1, parts, lineage));
                         return Ok(Step::Go);
@@ -570,7 +575,9 @@ impl<'s, S: DeserializeOwned + Default + Clone> Walker<'s, S> {
             Entry::Commit { batch, checkpoint, outbox, states } => {
                 let outbox: Vec<OutboxRecord> = self.pending_outbox.drain(..).chain(outbox).collect();
                 let mut applied = Vec::with_capacity(self.pending.len() + states.len());
+                let mut pieces = Joiner::default();
                 for (key, delta) in std::mem::take(&mut self.pending).into_iter().chain(states) {
+                    let Some((key, delta)) = pieces.push(key, delta)? else { continue };
                     let delta: KeyDelta<S> = delta
                         .parse()
                         .map_err(|e| RestoreError::corrupt(format!("state of key '{key}' in batch {batch}: {e}")))?;
@@ -585,6 +592,7 @@ impl<'s, S: DeserializeOwned + Default + Clone> Walker<'s, S> {
                     self.states.put(key.clone(), ks, None)?;
                     applied.push((key, offsets));
                 }
+                pieces.finish()?;
                 let r = &mut self.r;
                 for (input, next) in checkpoint {
                     let was = r.checkpoint.insert(input.clone(), next);
@@ -612,13 +620,18 @@ impl<'s, S: DeserializeOwned + Default + Clone> Walker<'s, S> {
         Ok(Step::Go)
     }
 
-    /// Adds a snapshot part's full key states (checked against its checkpoint).
-    fn load(&mut self, states: BTreeMap<String, Raw>) -> Result<(), RestoreError> {
+    /// Adds part `part` of `parts` of the leading snapshot: its full key
+    /// states (checked against its checkpoint).
+    fn load(&mut self, states: BTreeMap<String, Raw>, (part, parts): (u32, u32)) -> Result<(), RestoreError> {
         for (key, v) in states {
+            let Some((key, v)) = self.pieces.push(key, v)? else { continue };
             let ks: KeyState<S> =
                 v.parse().map_err(|e| RestoreError::corrupt(format!("snapshot state of key '{key}': {e}")))?;
             check(&key, &ks.last_offsets, &self.r.checkpoint)?;
             self.states.put(key, ks, Some(&v))?;
+        }
+        if part + 1 == parts {
+            self.pieces.finish()?;
         }
         Ok(())
     }
@@ -639,4 +652,49 @@ fn check(key: &str, offsets: &Offsets, checkpoint: &BTreeMap<String, i64>) -> Re
         }
     }
     Ok(())
+}
+
+/// Joins the pieces of a key's state written across records ([`Piece`]).
+#[derive(Debug, Default)]
+struct Joiner {
+    open: Option<(String, String)>,
+}
+
+impl Joiner {
+    /// A key's state read in log order: a whole one is given back at once; a
+    /// piece is kept until the last of its key gives back the joined state.
+    fn push(&mut self, key: String, v: Raw) -> Result<Option<(String, Raw)>, RestoreError> {
+        let piece = match Piece::of(&v) {
+            None => {
+                self.finish()?;
+                return Ok(Some((key, v)));
+            }
+            Some(p) => p.map_err(|e| RestoreError::corrupt(format!("a piece of key '{key}': {e}")))?,
+        };
+        let (open, text) = self.open.get_or_insert_with(|| (key.clone(), String::new()));
+        if *open != key {
+            return Err(RestoreError::corrupt(format!("a piece of key '{key}' among the pieces of key '{open}'")));
+        }
+        match piece {
+            Piece::More(t) => {
+                text.push_str(&t);
+                Ok(None)
+            }
+            Piece::Last(t) => {
+                text.push_str(&t);
+                let (key, text) = self.open.take().expect("opened above");
+                let joined = Raw::from_json(text)
+                    .map_err(|e| RestoreError::corrupt(format!("the joined pieces of key '{key}': {e}")))?;
+                Ok(Some((key, joined)))
+            }
+        }
+    }
+
+    /// Fails if a key's pieces stopped before their last.
+    fn finish(&mut self) -> Result<(), RestoreError> {
+        match self.open.take() {
+            Some((key, _)) => Err(RestoreError::corrupt(format!("the pieces of key '{key}' stop before their last"))),
+            None => Ok(()),
+        }
+    }
 }

@@ -3,31 +3,20 @@
 
 use super::*;
 
-/// Splits a full state into snapshot parts of about `max_part_bytes` each
-/// (one part when there are no keys).
+/// A full state as snapshot parts of about `max_part_bytes` each.
 fn snapshot_parts(
     batch: u64,
     checkpoint: &BTreeMap<String, i64>,
     states: Vec<(String, Raw)>,
     max_part_bytes: usize,
 ) -> Vec<Entry> {
-    let mut chunks = split(states, |(k, v)| state_len(k, v.len()), max_part_bytes);
-    if chunks.is_empty() {
-        chunks.push(vec![]);
-    }
-    let parts = chunks.len() as u32;
-    chunks
-        .into_iter()
-        .enumerate()
-        .map(|(i, part)| Entry::Snapshot {
-            batch,
-            part: i as u32,
-            parts,
-            checkpoint: checkpoint.clone(),
-            states: part.into_iter().collect(),
-        })
-        .collect()
+    let sizes = states.iter().map(|(k, v)| state_len(k, v.len())).collect();
+    let entries = states.into_iter().map(Ok::<_, serde_json::Error>);
+    SnapshotParts::new(batch, checkpoint.clone(), sizes, entries, max_part_bytes).map(Result::unwrap).collect()
 }
+
+/// Part size for one small key a part.
+const ONE_KEY: usize = 50;
 
 /// Restores `entries` as a read that starts at a snapshot at offset 0.
 fn from_snapshot(entries: impl IntoIterator<Item = Entry>) -> Result<Restored<i64>, RestoreError> {
@@ -286,7 +275,7 @@ fn snapshot(batch: u64, offset: i64, states: &[(&str, i64)], max_part_bytes: usi
 
 #[test]
 fn a_restore_that_starts_at_a_snapshot_loads_all_its_parts_then_the_commits_after_it() {
-    let parts = snapshot(1, 10, &[("a", 5), ("b", 7), ("c", 9)], 1);
+    let parts = snapshot(1, 10, &[("a", 5), ("b", 7), ("c", 9)], ONE_KEY);
     assert_eq!(parts.len(), 3, "one key per part at this size");
     let tail = [state("a", 6), commit(2, 12, vec![out(2)])];
     let r = from_snapshot(parts.into_iter().chain(tail)).unwrap();
@@ -307,7 +296,7 @@ fn an_empty_state_is_still_a_one_part_snapshot() {
 
 #[test]
 fn a_snapshot_cut_short_by_a_crash_inside_a_full_read_changes_nothing() {
-    let mut parts = snapshot(1, 10, &[("a", 1), ("b", 2)], 1);
+    let mut parts = snapshot(1, 10, &[("a", 1), ("b", 2)], ONE_KEY);
     parts.truncate(1);
     let entries = [state("a", 1), state("b", 2), commit(1, 10, vec![out(1)])].into_iter().chain(parts).chain([commit(
         2,
@@ -321,7 +310,7 @@ fn a_snapshot_cut_short_by_a_crash_inside_a_full_read_changes_nothing() {
 
 #[test]
 fn a_restore_that_starts_at_an_incomplete_snapshot_fails_loudly() {
-    let mut parts = snapshot(1, 10, &[("a", 1), ("b", 2)], 1);
+    let mut parts = snapshot(1, 10, &[("a", 1), ("b", 2)], ONE_KEY);
     parts.truncate(1);
     let err = from_snapshot(parts.into_iter().chain([commit(2, 11, vec![])])).unwrap_err();
     assert!(err.to_string().contains("missing part 1 of 2"), "{err}");
@@ -339,4 +328,70 @@ fn snapshot_parts_stay_near_the_size_limit() {
     let Entry::Snapshot { parts: n, .. } = parts[0] else { unreachable!() };
     assert_eq!(n as usize, parts.len());
     assert_eq!(from_snapshot(parts).unwrap().states.len(), 1000);
+}
+
+/// A key's state with `ids` remembered ids: about 40 bytes an id.
+fn large(v: i64, ids: usize) -> KeyState<i64> {
+    let mut ks = KeyState { state: v, ..KeyState::default() };
+    for i in 0..ids {
+        ks.event_ids.insert(&format!("event-{i}"), i as i64);
+    }
+    ks.event_ids.take_fresh();
+    ks
+}
+
+#[test]
+fn a_key_larger_than_a_snapshot_part_is_written_in_pieces_and_restored_whole() {
+    let states = HashMap::from([
+        ("a".to_string(), large(1, 3)),
+        ("big".to_string(), large(2, 2_000)),
+        ("z".to_string(), large(3, 1)),
+    ]);
+    let checkpoint = BTreeMap::from([("orders/0".to_string(), 0)]);
+    let parts: Vec<Entry> = snapshot_of(1, checkpoint, &states, 4096).map(Result::unwrap).collect();
+    assert!(parts.len() > 10, "{} parts", parts.len());
+    for p in &parts {
+        let len = serde_json::to_vec(p).unwrap().len();
+        assert!(len <= 4096 + 200, "a part of {len} bytes");
+    }
+    let r = from_snapshot(parts).unwrap();
+    assert!(r.states == states, "the restored states differ");
+}
+
+#[test]
+fn a_change_larger_than_a_record_is_written_in_pieces_and_applied_whole() {
+    let mut live = large(7, 0);
+    for i in 0..3_000 {
+        live.event_ids.insert(&format!("event-{i}"), i);
+    }
+    let changed = BTreeMap::from([
+        ("big".to_string(), live.take_delta(i64::MAX)),
+        ("small".to_string(), large(1, 0).take_delta(0)),
+    ]);
+    let checkpoint = BTreeMap::from([("orders/0".to_string(), 1)]);
+    let log = batch_entries(1, &checkpoint, &[out(1)], &changed, 8192).unwrap();
+    assert!(log.len() > 10, "{} records", log.len());
+    for e in &log {
+        let len = serde_json::to_vec(e).unwrap().len();
+        assert!(len <= 8192 + 200, "a record of {len} bytes");
+    }
+    let r = restore_entries::<i64>(log).unwrap();
+    assert!(r.states["big"] == live, "key 'big' differs");
+    assert_eq!(r.states["small"].state, 1);
+}
+
+#[test]
+fn pieces_that_stop_before_their_last_fail_the_restore() {
+    let mut big = large(7, 0);
+    for i in 0..500 {
+        big.event_ids.insert(&format!("event-{i}"), i);
+    }
+    let changed = BTreeMap::from([("big".to_string(), big.take_delta(i64::MAX))]);
+    let checkpoint = BTreeMap::from([("orders/0".to_string(), 1)]);
+    let mut log = batch_entries(1, &checkpoint, &[], &changed, 2048).unwrap();
+    let commit = log.pop().unwrap();
+    log.pop(); // the last piece
+    log.push(commit);
+    let err = restore_entries::<i64>(log).unwrap_err();
+    assert!(err.to_string().contains("pieces of key 'big' stop before their last"), "{err}");
 }

@@ -198,7 +198,12 @@ impl<W: Worker> Runtime<W> {
         let previous = lock(&self.tasks).get_mut(&p).and_then(|t| t.unacked.take());
         let mut committable = match cfg.guarantee {
             Guarantee::EffectivelyOnce => {
-                let log = decision_records(topic, p, batch_no, &checkpoint, &outbox, &changed, stamp)?;
+                let log = decision_records(
+                    topic,
+                    p,
+                    &changelog::batch_entries(batch_no, &checkpoint, &outbox, &changed, cfg.changelog_record_bytes)?,
+                    stamp,
+                )?;
                 written = log.iter().map(|o| o.value.len() as u64).sum();
                 let (recorded, settled) = futures::join!(send_all(&self.producer, &log), self.settle(p, previous));
                 recorded_at_offsets = recorded?;
@@ -206,7 +211,12 @@ impl<W: Worker> Runtime<W> {
                 settled?
             }
             Guarantee::ExactlyOnce => {
-                let log = decision_records(topic, p, batch_no, &checkpoint, &[], &changed, stamp)?;
+                let log = decision_records(
+                    topic,
+                    p,
+                    &changelog::batch_entries(batch_no, &checkpoint, &[], &changed, cfg.changelog_record_bytes)?,
+                    stamp,
+                )?;
                 for o in &log {
                     written += o.value.len() as u64;
                     staged.push(enqueue(&self.producer, o).await?);

@@ -67,6 +67,9 @@ pub struct RuntimeConfig {
     /// bytes since its last snapshot (or as many as that snapshot's size,
     /// whichever is larger), so a restore reads at most about twice the state.
     pub snapshot_interval_bytes: u64,
+    /// Changelog records stay about this size (a batch's commit; snapshot
+    /// parts hold half of it); default [`super::CHANGELOG_RECORD_BYTES`].
+    pub changelog_record_bytes: usize,
     /// Delete the changelog below a task's latest snapshot once it is written
     /// (committed, in exactly-once), so the changelog stays about the size of
     /// the state instead of its whole history.
@@ -91,6 +94,9 @@ impl RuntimeConfig {
         }
         if self.max_in_flight == 0 || self.max_batch == 0 {
             return Err("--max-in-flight and --max-batch must be at least 1".into());
+        }
+        if self.changelog_record_bytes < 1024 {
+            return Err("--changelog-record-bytes must be at least 1024".into());
         }
         if self.store.cache_keys == 0 {
             return Err("--state-cache-keys must be at least 1".into());

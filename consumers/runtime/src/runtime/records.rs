@@ -187,23 +187,14 @@ pub(super) async fn send_all(producer: &FutureProducer<Quiet>, records: &[Outgoi
     Ok(offsets)
 }
 
-/// The changelog records of one decided batch: its commit, carrying the
-/// changed keys' states and the outbox when it stays within
-/// [`MAX_COMMIT_BYTES`]; otherwise the states and the outbox in parts of
-/// about that size (a few records, not one per key), then a bare commit — so no
-/// record outgrows the clients' `message.max.bytes`, however large the batch.
-pub(super) fn decision_records<'a, S: serde::Serialize>(
+/// The changelog records of one decided batch (its [`changelog::batch_entries`])
+/// for partition `p` of `topic`.
+pub(super) fn decision_records<'a>(
     topic: &'a str,
     p: i32,
-    batch: u64,
-    checkpoint: &BTreeMap<String, i64>,
-    outbox: &[OutboxRecord],
-    changed: &BTreeMap<String, KeyDelta<S>>,
+    entries: &[changelog::Entry],
     stamp: Stamp,
 ) -> anyhow::Result<Vec<Outgoing<'a>>> {
-    changelog::batch_entries(batch, checkpoint, outbox, changed, MAX_COMMIT_BYTES)?
-        .iter()
-        // The record key is not used: every changelog record names its partition.
-        .map(|e| Outgoing::changelog(topic, p, e, stamp))
-        .collect()
+    // The record key is not used: every changelog record names its partition.
+    entries.iter().map(|e| Outgoing::changelog(topic, p, e, stamp)).collect()
 }

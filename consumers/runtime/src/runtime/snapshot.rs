@@ -72,7 +72,13 @@ impl<W: Worker> Runtime<W> {
         // not a copy of the whole state.
         let sizes = tokio::task::block_in_place(|| store.sizes())?;
         let keys = sizes.len();
-        let snapshot = changelog::SnapshotParts::new(batch, checkpoint, sizes, store.entries(), SNAPSHOT_PART_BYTES);
+        let snapshot = changelog::SnapshotParts::new(
+            batch,
+            checkpoint,
+            sizes,
+            store.entries(),
+            self.cfg.changelog_record_bytes / 2,
+        );
         let parts = snapshot.parts();
         let topic = self.state_topic.as_str();
         let mut in_flight = futures::stream::FuturesOrdered::new();
