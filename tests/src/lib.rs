@@ -208,11 +208,17 @@ pub mod bench {
         Worker { child, metrics, log }
     }
 
-    /// Partition 0's high watermark.
+    /// Partition 0's high watermark (one client per stack, kept between
+    /// calls: creating one costs more CPU than the query).
     pub fn high_watermark(stack: &Stack, topic: &str) -> i64 {
         use rdkafka::consumer::{BaseConsumer, Consumer};
-        let c: BaseConsumer =
-            keyflow_schemas::kafka::client_config(&stack.kafka, &[("group.id", "bench")]).unwrap().create().unwrap();
+        static CLIENT: std::sync::Mutex<Option<(String, BaseConsumer)>> = std::sync::Mutex::new(None);
+        let mut client = CLIENT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if client.as_ref().is_none_or(|(brokers, _)| *brokers != stack.kafka.brokers) {
+            let c = keyflow_schemas::kafka::client_config(&stack.kafka, &[("group.id", "bench")]).unwrap();
+            *client = Some((stack.kafka.brokers.clone(), c.create().unwrap()));
+        }
+        let (_, c) = client.as_ref().expect("set above");
         c.fetch_watermarks(topic, 0, std::time::Duration::from_secs(10)).unwrap().1
     }
 
