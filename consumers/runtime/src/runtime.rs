@@ -91,6 +91,13 @@ const MAX_BATCH_INPUT_BYTES: usize = 1024 * 1024;
 /// pieces ([`changelog::Cut`]).
 pub const CHANGELOG_RECORD_BYTES: usize = 512 * 1024;
 
+/// Effectively-once, a task writes its changed keys to the local store at
+/// most this often (and when they fill half the cache, the task goes idle,
+/// snapshots or is released), not after every batch: a key changed by many
+/// batches in that time is written once. A crash loses nothing: the
+/// changelog holds those batches and a restart replays them (the tail).
+const STORE_PERSIST_INTERVAL: Duration = Duration::from_secs(1);
+
 /// How many of a transactional changelog's last offsets a restore reads, one
 /// try after another, to find the latest snapshot pointer (a batch writes a
 /// few records and one commit marker; an aborted snapshot many).
@@ -133,6 +140,10 @@ struct Task<S> {
     /// What this owner wrote to its changelog partition since it last made
     /// sure nobody else claimed it.
     ownership: Ownership,
+    /// Where the local store will stand once its changes since the last
+    /// persist are written (effectively-once writes them at most every
+    /// [`STORE_PERSIST_INTERVAL`]).
+    deferred: Option<Position>,
 }
 
 /// An owner's own records in its changelog partition since `verified`, the
@@ -257,6 +268,7 @@ impl<S: serde::Serialize + serde::de::DeserializeOwned + Default> Task<S> {
         self.ownership.reap();
         let last = self.ownership.last;
         let position = self.position(site, p, last, last + 1);
+        self.deferred = None;
         if let Err(e) = self.store.persist(position) {
             tracing::warn!(partition = p, error = %e, "could not record the local store's position; the next start replays more of the changelog");
         }
@@ -273,6 +285,7 @@ impl<S: serde::Serialize + serde::de::DeserializeOwned + Default> Task<S> {
             base: None,
             staged: vec![],
             ownership: Ownership::default(),
+            deferred: None,
             since_snapshot: 0,
             snapshot_bytes: 0,
             trim_after_commit: None,
@@ -600,8 +613,10 @@ async fn consume<W: Worker>(
         };
         let first = match received {
             Err(_idle) => {
-                // Nothing new: finish publishing what is in flight and commit it.
+                // Nothing new: finish publishing what is in flight and commit
+                // it; write the local stores' deferred changes.
                 commit_offsets(consumer, &rt.settle_others(&BTreeSet::new()).await?, CommitMode::Async);
+                rt.persist_deferred()?;
                 continue;
             }
             Ok(Ok(m)) => m,

@@ -294,6 +294,7 @@ impl StateDir {
                 unseen: BTreeSet::new(),
                 hits: 0,
                 misses: 0,
+                persisted_at: std::time::Instant::now(),
             })),
         })
     }
@@ -345,6 +346,8 @@ struct Disk<S> {
     unseen: BTreeSet<String>,
     hits: u64,
     misses: u64,
+    /// When [`Store::persist`] last wrote.
+    persisted_at: std::time::Instant,
 }
 
 struct Cached<S> {
@@ -472,6 +475,16 @@ impl<S: Serialize + DeserializeOwned + Default> Store<S> {
         }
     }
 
+    /// Whether the changes since the last [`Store::persist`] should be
+    /// written now: `interval` after it, or once the changed keys fill half
+    /// the cache (they stay cached until written). Never for the memory store.
+    pub fn persist_due(&self, interval: std::time::Duration) -> bool {
+        match &self.kind {
+            Kind::Memory(_) => false,
+            Kind::Disk(d) => d.persisted_at.elapsed() >= interval || d.dirty.len() >= d.cache_keys / 2,
+        }
+    }
+
     /// Writes the changed states and `position` in one atomic batch (disk
     /// stores; the memory store has nothing to write).
     pub fn persist(&mut self, position: Position) -> Result<(), StoreError> {
@@ -498,6 +511,7 @@ impl<S: Serialize + DeserializeOwned + Default> Store<S> {
             d.absent.remove(&k);
         }
         d.position = Some(position);
+        d.persisted_at = std::time::Instant::now();
         d.evict();
         Ok(())
     }

@@ -444,8 +444,13 @@ impl Model {
         if self.crash(o, 0.03, "before writing its store") {
             return;
         }
-        let last = self.owners[o].last;
-        self.persist(o, last, if out.is_empty() { last + 1 } else { first.unwrap_or(last) });
+        // Now and then the write is deferred (the runtime writes its store at
+        // most every second): the store keeps its older position, and a later
+        // persist writes this batch's states with a later one's.
+        if !self.rng.random_bool(0.3) {
+            let last = self.owners[o].last;
+            self.persist(o, last, if out.is_empty() { last + 1 } else { first.unwrap_or(last) });
+        }
         let owner = &mut self.owners[o];
         let previous = owner.unacked.replace(batch);
         // The previous batch's outputs were acknowledged while this one was recorded.

@@ -283,8 +283,14 @@ impl<W: Worker> Runtime<W> {
             (task.since_snapshot >= cfg.snapshot_interval_bytes.max(task.snapshot_bytes), position)
         };
         if let Some(position) = position {
-            tokio::task::block_in_place(|| store.persist(position))
-                .with_context(|| format!("writing partition {p}'s states to the local store"))?;
+            let now = store.persist_due(STORE_PERSIST_INTERVAL);
+            if let Some(t) = lock(&self.tasks).get_mut(&p) {
+                t.deferred = (!now).then(|| position.clone());
+            }
+            if now {
+                tokio::task::block_in_place(|| store.persist(position))
+                    .with_context(|| format!("writing partition {p}'s states to the local store"))?;
+            }
         }
         if due && cfg.guarantee.records() {
             // A snapshot stands for published batches only.
@@ -294,7 +300,10 @@ impl<W: Worker> Runtime<W> {
                 if cfg.guarantee == Guarantee::EffectivelyOnce {
                     // Everything up to the marker is in the store: a restart
                     // reads nothing below it (the trim may delete it).
-                    let position = lock(&self.tasks).get_mut(&p).map(|t| t.position(&self.site, p, marker, marker + 1));
+                    let position = lock(&self.tasks).get_mut(&p).map(|t| {
+                        t.deferred = None;
+                        t.position(&self.site, p, marker, marker + 1)
+                    });
                     if let Some(position) = position {
                         tokio::task::block_in_place(|| store.persist(position))
                             .with_context(|| format!("writing partition {p}'s store position"))?;
@@ -304,6 +313,18 @@ impl<W: Worker> Runtime<W> {
         }
         self.put_back(p, store);
         Ok(committable)
+    }
+
+    /// Writes the local stores' changes whose persist was deferred (the
+    /// worker is idle).
+    pub(super) fn persist_deferred(&self) -> anyhow::Result<()> {
+        for (p, task) in lock(&self.tasks).iter_mut() {
+            if let Some(position) = task.deferred.take() {
+                tokio::task::block_in_place(|| task.store.persist(position))
+                    .with_context(|| format!("writing partition {p}'s states to the local store"))?;
+            }
+        }
+        Ok(())
     }
 
     /// Exactly-once: once the transaction committed, each task's local

@@ -532,6 +532,7 @@ pub(super) fn restore_task<W: Worker>(
         trim_after_commit: None,
         pending,
         unacked: None,
+        deferred: None,
     };
     tracing::info!(
         worker = name, partition = p, keys = task.store.len(), records = source.records, bytes = source.bytes,

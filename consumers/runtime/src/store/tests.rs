@@ -126,3 +126,23 @@ fn a_rebuild_writes_through_to_disk_in_batches_and_counts_its_keys() {
     assert_eq!(store.checkout(["k5"]).unwrap()["k5"].state, 55);
     assert_eq!(store.sizes().unwrap().len(), 20_000);
 }
+
+#[test]
+fn a_disk_store_asks_to_be_written_after_its_interval_or_once_changes_fill_half_its_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let sd = StateDir::open(dir.path(), 1 << 20).unwrap();
+    let mut store: Store<i64> = sd.task(1, 10).unwrap();
+    let hour = std::time::Duration::from_secs(3600);
+    assert!(!store.persist_due(hour), "nothing changed, just opened");
+    assert!(store.persist_due(std::time::Duration::ZERO), "its interval passed");
+    for (i, k) in ["a", "b", "c", "d", "e"].into_iter().enumerate() {
+        assert!(!store.persist_due(hour), "{i} changed keys of a 10-key cache");
+        let mut s = store.checkout([k]).unwrap();
+        *s.get_mut(k).unwrap() = ks(1);
+        store.checkin(s, &[k.to_string()]);
+    }
+    assert!(store.persist_due(hour), "5 changed keys fill half the cache");
+    store.persist(position(1, 5)).unwrap();
+    assert!(!store.persist_due(hour), "written");
+    assert!(!Store::<i64>::memory().persist_due(std::time::Duration::ZERO), "the memory store writes nothing");
+}
