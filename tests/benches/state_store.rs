@@ -8,7 +8,7 @@
 //!    store deleted and the worker restarted, as when a partition moves to
 //!    an instance without its store (the restore rate, keys/s).
 //! 2. Key-parallel throughput, disk ÷ memory: `BENCH_RATIO_RECORDS` (300k)
-//!    orders over `BENCH_RATIO_KEYS` (300k) customers, `BENCH_ROUNDS` (2)
+//!    orders over `BENCH_RATIO_KEYS` (300k) customers, `BENCH_ROUNDS` (3)
 //!    rounds of each store, alternating, each on a fresh stack.
 //!
 //! Run: `cargo build --release --bins && cargo bench -p keyflow-e2e --bench state_store`.
@@ -58,7 +58,7 @@ async fn main() {
     let keys = env("BENCH_KEYS", 1_000_000);
     let ratio_records = env("BENCH_RATIO_RECORDS", 300_000);
     let ratio_keys = env("BENCH_RATIO_KEYS", 300_000);
-    let rounds = env("BENCH_ROUNDS", 2);
+    let rounds = env("BENCH_ROUNDS", 3);
     let cache = 10_000;
     let machine = keyflow_e2e::bench::machine();
 

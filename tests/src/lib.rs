@@ -118,17 +118,11 @@ pub mod bench {
     /// Produces `count` valid, distinct orders (no cancels, resends or
     /// invalid amounts) over `customers` keys, as fast as the broker takes them.
     pub fn produce_orders(stack: &Stack, count: u64, seed: u64, customers: u64) {
-        produce_orders_with(stack, count, seed, customers, &[]);
-    }
-
-    /// [`produce_orders`] with more `producer orders` flags.
-    pub fn produce_orders_with(stack: &Stack, count: u64, seed: u64, customers: u64, extra: &[&str]) {
         let out = std::process::Command::new(bin("producer"))
             .args(["orders", "-b", &stack.kafka.brokers, "--registry", &stack.registry.registry])
             .args(["--rate", "0", "--count", &count.to_string(), "--seed", &seed.to_string()])
             .args(["--customers", &customers.to_string(), "--event-step-ms", "1"])
             .args(["--invalid-amount-rate", "0", "--resend-rate", "0", "--cancel-rate", "0"])
-            .args(extra)
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -68,11 +68,29 @@ impl Hasher for IdHasher {
 type Seen = HashMap<Id, i64, BuildHasherDefault<IdHasher>>;
 
 /// Remembered ids with their event time, pruned by event-time retention.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Window {
     seen: Seen,
     /// Ids remembered since the last [`Window::take_fresh`].
     fresh: Vec<(Id, i64)>,
+    /// No remembered id is older than this: a prune below it has nothing to
+    /// do (a hot key prunes its thousands of ids at every input otherwise).
+    oldest: i64,
+}
+
+/// Equal when they remember the same ids (`oldest` is only a bound).
+impl PartialEq for Window {
+    fn eq(&self, other: &Self) -> bool {
+        self.seen == other.seen && self.fresh == other.fresh
+    }
+}
+
+impl Eq for Window {}
+
+impl Default for Window {
+    fn default() -> Self {
+        Window { seen: Seen::default(), fresh: vec![], oldest: i64::MAX }
+    }
 }
 
 impl Window {
@@ -84,11 +102,23 @@ impl Window {
         let id = Id::of(id);
         self.seen.insert(id, at);
         self.fresh.push((id, at));
+        self.oldest = self.oldest.min(at);
     }
 
     /// Forgets the ids older than `older_than`.
     pub fn prune(&mut self, older_than: i64) {
-        self.seen.retain(|_, at| *at >= older_than);
+        if older_than <= self.oldest {
+            return;
+        }
+        let mut oldest = i64::MAX;
+        self.seen.retain(|_, at| {
+            let keep = *at >= older_than;
+            if keep {
+                oldest = oldest.min(*at);
+            }
+            keep
+        });
+        self.oldest = oldest;
     }
 
     /// The ids remembered since the last call.
@@ -98,7 +128,10 @@ impl Window {
 
     /// Remembers recorded ids (a restore), then forgets those older than `older_than`.
     pub fn extend(&mut self, ids: Vec<(Id, i64)>, older_than: i64) {
-        self.seen.extend(ids);
+        for (id, at) in ids {
+            self.seen.insert(id, at);
+            self.oldest = self.oldest.min(at);
+        }
         self.prune(older_than);
     }
 
@@ -124,7 +157,9 @@ impl Serialize for Window {
 
 impl<'de> Deserialize<'de> for Window {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Ok(Window { seen: d.deserialize_any(IdsVisitor)?.into_iter().collect(), fresh: vec![] })
+        let mut w = Window::default();
+        w.extend(d.deserialize_any(IdsVisitor)?, i64::MIN);
+        Ok(w)
     }
 }
 
@@ -227,6 +262,26 @@ mod tests {
         }
         let d: Delta = serde_json::from_str(r#"{"e":[["e-1",5],["e-2",7]]}"#).unwrap();
         assert_eq!(d.e, vec![(Id::of("e-1"), 5), (Id::of("e-2"), 7)]);
+    }
+
+    #[test]
+    fn a_prune_forgets_exactly_the_ids_older_than_its_horizon_and_nothing_below_the_oldest() {
+        let mut w = Window::default();
+        for (id, at) in [("a", 10), ("b", 20), ("c", 30)] {
+            w.insert(id, at);
+        }
+        w.prune(5);
+        assert_eq!(w.len(), 3);
+        w.prune(20);
+        assert!(!w.contains("a") && w.contains("b") && w.contains("c"));
+        assert_eq!(w.oldest, 20);
+        w.insert("d", 15);
+        w.prune(16);
+        assert!(!w.contains("d") && w.contains("b"), "an id older than the oldest is still pruned");
+        w.prune(31);
+        assert!(w.is_empty());
+        let back: Window = serde_json::from_str(&serde_json::to_string(&w).unwrap()).unwrap();
+        assert_eq!(back.oldest, i64::MAX);
     }
 
     #[test]
