@@ -112,7 +112,8 @@ struct StateArgs {
     #[arg(long, env = "WORKER_STATE_DIR")]
     state_dir: Option<std::path::PathBuf>,
     /// Keys kept decoded in memory, over all of the instance's tasks (disk
-    /// store); about 1.5 KB each (a decoded state with its dedupe windows).
+    /// store); about 0.6 KB each (a decoded state with a few ids in its
+    /// dedupe windows; about 30 bytes more per remembered id).
     #[arg(long, env = "WORKER_STATE_CACHE_KEYS", default_value_t = 10_000)]
     state_cache_keys: usize,
     /// Bytes of the disk store's block cache (disk store).
