@@ -11,7 +11,8 @@
 //!    orders over `BENCH_RATIO_KEYS` (300k) customers, `BENCH_ROUNDS` (3)
 //!    rounds of each store, alternating, each on a fresh stack.
 //!
-//! Run: `cargo build --release --bins && cargo bench -p keyflow-e2e --bench state_store`.
+//! Run: `cargo build --release --bins && cargo bench -p keyflow-e2e --bench state_store`
+//! (`BENCH_VERBOSE=1` also prints the worker's log of the restart after kill -9).
 //! Writes its section of BENCHMARKS.md.
 
 use std::time::{Duration, Instant};

@@ -100,8 +100,12 @@ impl Window {
 
     pub fn insert(&mut self, id: &str, at: i64) {
         let id = Id::of(id);
-        self.seen.insert(id, at);
+        self.remember(id, at);
         self.fresh.push((id, at));
+    }
+
+    fn remember(&mut self, id: Id, at: i64) {
+        self.seen.insert(id, at);
         self.oldest = self.oldest.min(at);
     }
 
@@ -129,8 +133,7 @@ impl Window {
     /// Remembers recorded ids (a restore), then forgets those older than `older_than`.
     pub fn extend(&mut self, ids: Vec<(Id, i64)>, older_than: i64) {
         for (id, at) in ids {
-            self.seen.insert(id, at);
-            self.oldest = self.oldest.min(at);
+            self.remember(id, at);
         }
         self.prune(older_than);
     }
@@ -158,7 +161,7 @@ impl Serialize for Window {
 impl<'de> Deserialize<'de> for Window {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let mut w = Window::default();
-        w.extend(d.deserialize_any(IdsVisitor)?, i64::MIN);
+        w.extend(ids::deserialize(d)?, i64::MIN);
         Ok(w)
     }
 }

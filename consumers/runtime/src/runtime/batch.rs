@@ -196,14 +196,14 @@ impl<W: Worker> Runtime<W> {
         let mut recorded_at_offsets = vec![];
         let mut staged = vec![];
         let previous = lock(&self.tasks).get_mut(&p).and_then(|t| t.unacked.take());
+        let log_of = |outbox: &[OutboxRecord]| {
+            let entries =
+                changelog::batch_entries(batch_no, &checkpoint, outbox, &changed, cfg.changelog_record_bytes)?;
+            decision_records(topic, p, &entries, stamp)
+        };
         let mut committable = match cfg.guarantee {
             Guarantee::EffectivelyOnce => {
-                let log = decision_records(
-                    topic,
-                    p,
-                    &changelog::batch_entries(batch_no, &checkpoint, &outbox, &changed, cfg.changelog_record_bytes)?,
-                    stamp,
-                )?;
+                let log = log_of(&outbox)?;
                 written = log.iter().map(|o| o.value.len() as u64).sum();
                 let (recorded, settled) = futures::join!(send_all(&self.producer, &log), self.settle(p, previous));
                 recorded_at_offsets = recorded?;
@@ -211,12 +211,7 @@ impl<W: Worker> Runtime<W> {
                 settled?
             }
             Guarantee::ExactlyOnce => {
-                let log = decision_records(
-                    topic,
-                    p,
-                    &changelog::batch_entries(batch_no, &checkpoint, &[], &changed, cfg.changelog_record_bytes)?,
-                    stamp,
-                )?;
+                let log = log_of(&[])?;
                 for o in &log {
                     written += o.value.len() as u64;
                     staged.push(enqueue(&self.producer, o).await?);
@@ -283,13 +278,15 @@ impl<W: Worker> Runtime<W> {
             (task.since_snapshot >= cfg.snapshot_interval_bytes.max(task.snapshot_bytes), position)
         };
         if let Some(position) = position {
-            let now = store.persist_due(STORE_PERSIST_INTERVAL);
-            if let Some(t) = lock(&self.tasks).get_mut(&p) {
-                t.deferred = (!now).then(|| position.clone());
-            }
-            if now {
+            let deferred = if store.persist_due(STORE_PERSIST_INTERVAL) {
                 tokio::task::block_in_place(|| store.persist(position))
                     .with_context(|| format!("writing partition {p}'s states to the local store"))?;
+                None
+            } else {
+                Some(position)
+            };
+            if let Some(t) = lock(&self.tasks).get_mut(&p) {
+                t.deferred = deferred;
             }
         }
         if due && cfg.guarantee.records() {
